@@ -1,0 +1,33 @@
+"""The Flask app factory: builds everything from one Settings object, nothing at import time."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from config import Settings, load_settings, require_serving
+from smartapp import cds, health, launch_views, observability, patient, referrals, security, worklist
+
+
+def create_app(settings: Settings | None = None, *, testing: bool = False) -> Flask:
+    settings = settings or load_settings()
+    require_serving(settings)
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key(),
+        TESTING=testing,
+        PEERBRIDGE=settings,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+    )
+    settings.state_path.mkdir(parents=True, exist_ok=True)
+
+    observability.init_app(app, settings)
+    security.init_app(app, settings)
+    # Each feature hangs its resources off the app (stores, directory, outbox) in init_app.
+    for feature in (health, launch_views, patient, referrals, worklist, cds):
+        feature.init_app(app, settings)
+    return app
+
+
+def settings_of(app: Flask) -> Settings:
+    settings: Settings = app.config["PEERBRIDGE"]
+    return settings

@@ -1,0 +1,80 @@
+"""The `peerbridge` command. Each subcommand's work lives in the module named after it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from config import SettingsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="peerbridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the dev EHR and PeerBridge on loopback, with seed data")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--ehr-port", type=int, default=0, help="0 picks a free port")
+    demo.add_argument("--app-port", type=int, default=0, help="0 picks a free port")
+    demo.add_argument("--state-dir", default="var/demo")
+    demo.add_argument("--reset", action="store_true", help="reseed the dev EHR")
+
+    serve = sub.add_parser("serve", help="serve PeerBridge under gunicorn (settings from env)")
+    serve.add_argument("--bind", default="127.0.0.1:8000")
+    serve.add_argument("--workers", type=int, default=2)
+
+    sandbox = sub.add_parser("sandbox", help="run the dev EHR (FHIR R4 + SMART auth server)")
+    sandbox.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m ehr_sandbox")
+
+    suggest = sub.add_parser("suggest", help="suggest programs for a FHIR Bundle")
+    suggest.add_argument("--bundle", required=True)
+    suggest.add_argument("--format", choices=("json", "text"), default="text")
+    suggest.add_argument("--language", default="")
+    suggest.add_argument("--mode", action="append", default=[])
+    suggest.add_argument("--directory", default="", help="directory Bundle (default: configured)")
+
+    directory = sub.add_parser("directory", help="validate or export the program directory")
+    dsub = directory.add_subparsers(dest="directory_command", required=True)
+    validate = dsub.add_parser("validate", help="report every problem in a directory Bundle")
+    validate.add_argument("file")
+    export = dsub.add_parser("export", help="write the directory as a FHIR Bundle")
+    export.add_argument("--output", "-o", default="-")
+
+    check = sub.add_parser("check", help="check a target EHR against PeerBridge's needs")
+    check.add_argument("--profile", default=None)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from smartapp.demo import run_demo
+
+            return run_demo(args)
+        if args.command == "serve":
+            from smartapp.demo import run_serve
+
+            return run_serve(args)
+        if args.command == "sandbox":
+            from smartapp.demo import run_sandbox
+
+            return run_sandbox(args.args)
+        if args.command == "suggest":
+            from smartapp.suggest_command import run_suggest
+
+            return run_suggest(args)
+        if args.command == "directory":
+            from smartapp.directory_command import run_directory
+
+            return run_directory(args)
+        if args.command == "check":
+            from smartapp.check_command import run_check
+
+            return run_check(args)
+    except SettingsError as exc:
+        print(f"peerbridge: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""`peerbridge demo`, `serve` and `sandbox`: start processes, never import the dev EHR.
+
+The demo runs the dev EHR and PeerBridge (under gunicorn) as two loopback processes, wires them to
+each other purely by configuration (the EHR registers PeerBridge's launch and redirect URLs; PeerBridge
+allow-lists the EHR's FHIR base), generates throwaway secrets, and prints the one URL to open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_up(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {process.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout:g} s")
+
+
+def sandbox_command(
+    *, host: str, port: int, db: Path, clients: Path, reset: bool, extra: Sequence[str] = ()
+) -> list[str]:
+    command = [sys.executable, "-m", "ehr_sandbox", "--host", host, "--port", str(port)]
+    command += ["--db", str(db), "--clients", str(clients), "--admin", *extra]
+    if reset:
+        command.append("--reset")
+    return command
+
+
+def demo_wiring(host: str, ehr_port: int, app_port: int, state_dir: Path) -> tuple[dict, dict[str, str]]:
+    """The dev EHR's client registration and PeerBridge's environment for one demo."""
+    ehr = f"http://{host}:{ehr_port}"
+    app = f"http://{host}:{app_port}"
+    clients = {
+        "clients": [
+            {
+                "client_id": "peerbridge",
+                "name": "PeerBridge",
+                "type": "public",
+                "redirect_uris": [f"{app}/callback"],
+                "launch_url": f"{app}/launch",
+            }
+        ],
+        "cds_services": [{"discovery_url": f"{app}/cds-services", "client_id": "peerbridge"}],
+    }
+    env = {
+        "PEERBRIDGE_PROFILE": "local",
+        "PEERBRIDGE_APP_PUBLIC_URL": app,
+        "PEERBRIDGE_APP_SECRET_KEY": secrets.token_urlsafe(32),
+        "PEERBRIDGE_APP_STATE_DIR": str(state_dir),
+        "PEERBRIDGE_APP_FRAME_ANCESTORS": json.dumps([ehr]),
+        "PEERBRIDGE_SMART_ISS_ALLOWLIST": json.dumps([f"{ehr}/fhir"]),
+        "PEERBRIDGE_SMART_DEFAULT_ISS": f"{ehr}/fhir",
+        "PEERBRIDGE_CDS_TRUSTED_CLIENTS": json.dumps(
+            [{"iss": ehr, "jwks_url": f"{ehr}/.well-known/cds-jwks.json"}]
+        ),
+    }
+    return clients, env
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    ehr_port = args.ehr_port or free_port(args.host)
+    app_port = args.app_port or free_port(args.host)
+    clients, env = demo_wiring(args.host, ehr_port, app_port, state_dir)
+    clients_file = state_dir / "ehr-clients.json"
+    clients_file.write_text(json.dumps(clients, indent=2), encoding="utf-8")
+    db = state_dir / "ehr.sqlite3"
+
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        ehr = subprocess.Popen(
+            sandbox_command(
+                host=args.host, port=ehr_port, db=db, clients=clients_file, reset=args.reset or not db.exists()
+            )
+        )
+        processes.append(ehr)
+        app = subprocess.Popen(gunicorn_command(f"{args.host}:{app_port}", workers=2), env={**os.environ, **env})
+        processes.append(app)
+        wait_until_up(f"http://{args.host}:{ehr_port}/fhir/metadata", process=ehr)
+        wait_until_up(f"http://{args.host}:{app_port}/healthz", process=app)
+        ready = time.monotonic() - started
+        print(
+            f"\nPeerBridge demo is ready in {ready:.1f} s. Open the dev EHR:\n\n"
+            f"    http://{args.host}:{ehr_port}/\n\n"
+            "Pick a patient and press 'Open PeerBridge'. Ctrl-C stops both servers.\n",
+            flush=True,
+        )
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in processes:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def gunicorn_command(bind: str, *, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:smartapp.gunicorn_conf",
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "smartapp.wsgi:create()",
+    ]
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from config import load_settings, require_serving
+
+    require_serving(load_settings())  # fail here, with the setting's name, not in a worker
+    os.execv(sys.executable, gunicorn_command(args.bind, workers=args.workers))
+    return 0  # pragma: no cover
+
+
+def run_sandbox(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    return subprocess.call([sys.executable, "-m", "ehr_sandbox", *argv], env=env)

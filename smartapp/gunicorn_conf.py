@@ -1,0 +1,11 @@
+"""gunicorn settings for PeerBridge; command-line flags (bind, workers) override them."""
+
+# Threads let one worker wait on the EHR for one user while serving another.
+worker_class = "gthread"
+threads = 8
+timeout = 60
+graceful_timeout = 20
+# Access lines would print full URLs (codes, state, launch handles); the app logs routes instead.
+accesslog = None
+errorlog = "-"
+forwarded_allow_ips = "127.0.0.1"

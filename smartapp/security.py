@@ -1,0 +1,49 @@
+"""Browser-facing protections in one place: CSRF on every form, CSP with a per-request nonce
+and frame-ancestors from configuration (the EHR origins that may frame PeerBridge)."""
+
+from __future__ import annotations
+
+import secrets
+
+from flask import Flask, Response, g
+from flask_wtf.csrf import CSRFProtect
+
+from config import Settings
+
+csrf = CSRFProtect()
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    app.config.update(
+        WTF_CSRF_TIME_LIMIT=None,  # a clinic tab stays open for hours; the token is session-bound
+        WTF_CSRF_SSL_STRICT=False,  # framed POSTs carry the EHR's Referer, not ours
+    )
+    csrf.init_app(app)
+    ancestors = " ".join(("'self'", *settings.app.frame_ancestors))
+
+    @app.before_request
+    def _nonce() -> None:
+        g.csp_nonce = secrets.token_urlsafe(16)
+
+    @app.context_processor
+    def _inject_nonce() -> dict[str, str]:
+        return {"csp_nonce": g.get("csp_nonce", "")}
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        nonce = g.get("csp_nonce", "")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; "
+            f"script-src 'self' 'nonce-{nonce}'; "
+            "style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; "
+            "connect-src 'self'; "
+            "form-action 'self' *; "
+            "base-uri 'none'; "
+            "object-src 'none'; "
+            f"frame-ancestors {ancestors}"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response

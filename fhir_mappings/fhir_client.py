@@ -69,13 +69,15 @@ class FhirClient:
         refresh: TokenProvider | None = None,
         session: requests.Session | None = None,
         timeout: float = 10.0,
+        capabilities: Resource | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._refresh = refresh
         self._http = session or requests.Session()
         self.timeout = timeout
-        self._capabilities: Resource | None = None
+        # A known CapabilityStatement (e.g. cached per iss) saves the metadata round trip.
+        self._capabilities: Resource | None = capabilities
 
     # -- reads -------------------------------------------------------------------------------
     def read(self, resource_type: str, resource_id: str) -> Resource:
@@ -184,7 +186,7 @@ class FhirClient:
         if response.status_code == 401 and self._refresh is not None:
             response = self._attempt(method, url, params, json_body, headers, self._refresh)
         if response.status_code >= 400:
-            raise _error_for(response, method, url)
+            raise _error_for(response, method, url, self.base_url)
         return response
 
     def _attempt(
@@ -227,13 +229,18 @@ def _json_or_none(response: requests.Response) -> Resource | None:
     return body if isinstance(body, dict) else None
 
 
-def _error_for(response: requests.Response, method: str, url: str) -> FhirError:
+def _error_for(
+    response: requests.Response, method: str, url: str, base_url: str = ""
+) -> FhirError:
     outcome = _json_or_none(response)
     detail = ""
     if outcome and outcome.get("resourceType") == "OperationOutcome":
-        issue = next(iter(outcome.get("issue", [])), {})
+        issue: dict[str, Any] = next(iter(outcome.get("issue", [])), {})
         detail = issue.get("diagnostics") or issue.get("details", {}).get("text", "")
-    resource_type = url.split("?")[0].rstrip("/").split("/")[-1] if url else ""
+    # The type is the first segment after the base ("Task/1/_history/2" -> Task); the base
+    # itself is a transaction or batch.
+    path = url.split("?")[0].removeprefix(base_url).strip("/")
+    resource_type = path.split("/")[0] if path else "transaction"
     status = response.status_code
     words = {
         401: "the EHR did not accept PeerBridge's access (token missing or expired)",

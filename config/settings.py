@@ -131,7 +131,9 @@ class Settings:
         return _secret(self.app.secret_key, self.app.secret_key_file, "app.secret_key")
 
     def client_secret(self) -> str:
-        return _secret(self.smart.client_secret, self.smart.client_secret_file, "smart.client_secret")
+        return _secret(
+            self.smart.client_secret, self.smart.client_secret_file, "smart.client_secret"
+        )
 
 
 _SECTIONS: dict[str, type] = {
@@ -172,7 +174,9 @@ def load_settings(
         profile_file = PROFILE_DIR / f"{profile}.toml"
         if not profile_file.is_file():
             known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.toml")))
-            raise SettingsError(f"PEERBRIDGE_PROFILE: no profile named {profile!r} (known: {known})")
+            raise SettingsError(
+                f"PEERBRIDGE_PROFILE: no profile named {profile!r} (known: {known})"
+            )
         _merge(raw, _read_toml(profile_file))
     _merge(raw, _from_environment(env, raw))
     if overrides:
@@ -257,7 +261,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             if not isinstance(value, list | tuple):
                 raise TypeError
             if key == "cds.trusted_clients":
-                return tuple(CdsClient(iss=str(v["iss"]), jwks_url=str(v["jwks_url"])) for v in value)
+                return tuple(
+                    CdsClient(iss=str(v["iss"]), jwks_url=str(v["jwks_url"])) for v in value
+                )
             return tuple(str(v) for v in value)
     except (TypeError, ValueError, KeyError) as exc:
         raise SettingsError(f"{key}: invalid value {value!r}") from exc
@@ -272,7 +278,9 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
     for base in s.smart.iss_allowlist:
         if not base.startswith(("https://", "http://")) or base.endswith("/"):
-            raise SettingsError(f"smart.iss_allowlist: {base!r} must be an absolute URL, no trailing /")
+            raise SettingsError(
+                f"smart.iss_allowlist: {base!r} must be an absolute URL, no trailing /"
+            )
     if s.smart.default_iss and s.smart.default_iss not in s.smart.iss_allowlist:
         raise SettingsError("smart.default_iss: must also be listed in smart.iss_allowlist")
     if s.app.public_url.endswith("/"):

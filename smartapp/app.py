@@ -5,7 +5,16 @@ from __future__ import annotations
 from flask import Flask
 
 from config import Settings, load_settings, require_serving
-from smartapp import cds, health, launch_views, observability, patient, referrals, security, worklist
+from smartapp import (
+    cds,
+    health,
+    launch_views,
+    observability,
+    patient,
+    referrals,
+    security,
+    worklist,
+)
 
 
 def create_app(settings: Settings | None = None, *, testing: bool = False) -> Flask:

@@ -1,8 +1,9 @@
 """`peerbridge demo`, `serve` and `sandbox`: start processes, never import the dev EHR.
 
-The demo runs the dev EHR and PeerBridge (under gunicorn) as two loopback processes, wires them to
-each other purely by configuration (the EHR registers PeerBridge's launch and redirect URLs; PeerBridge
-allow-lists the EHR's FHIR base), generates throwaway secrets, and prints the one URL to open.
+The demo runs the dev EHR and PeerBridge (under gunicorn) as two loopback processes, wires them
+to each other purely by configuration (the EHR registers PeerBridge's launch and redirect URLs;
+PeerBridge allow-lists the EHR's FHIR base), generates throwaway secrets, and prints the one URL
+to open.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def wait_until_up(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until_up(
+    url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -53,7 +56,9 @@ def sandbox_command(
     return command
 
 
-def demo_wiring(host: str, ehr_port: int, app_port: int, state_dir: Path) -> tuple[dict, dict[str, str]]:
+def demo_wiring(
+    host: str, ehr_port: int, app_port: int, state_dir: Path
+) -> tuple[dict, dict[str, str]]:
     """The dev EHR's client registration and PeerBridge's environment for one demo."""
     ehr = f"http://{host}:{ehr_port}"
     app = f"http://{host}:{app_port}"
@@ -99,11 +104,17 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         ehr = subprocess.Popen(
             sandbox_command(
-                host=args.host, port=ehr_port, db=db, clients=clients_file, reset=args.reset or not db.exists()
+                host=args.host,
+                port=ehr_port,
+                db=db,
+                clients=clients_file,
+                reset=args.reset or not db.exists(),
             )
         )
         processes.append(ehr)
-        app = subprocess.Popen(gunicorn_command(f"{args.host}:{app_port}", workers=2), env={**os.environ, **env})
+        app = subprocess.Popen(
+            gunicorn_command(f"{args.host}:{app_port}", workers=2), env={**os.environ, **env}
+        )
         processes.append(app)
         wait_until_up(f"http://{args.host}:{ehr_port}/fhir/metadata", process=ehr)
         wait_until_up(f"http://{args.host}:{app_port}/healthz", process=app)

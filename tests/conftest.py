@@ -56,8 +56,15 @@ class Sandbox:
         token: dict[str, Any] = self.admin("POST", "tokens", json=body).json()
         return token
 
-    def inject_fault(self, kind: str, *, method: str = "*", path: str = "/fhir", count: int = 1,
-                     delay: float = 0.0) -> None:
+    def inject_fault(
+        self,
+        kind: str,
+        *,
+        method: str = "*",
+        path: str = "/fhir",
+        count: int = 1,
+        delay: float = 0.0,
+    ) -> None:
         body = {"kind": kind, "method": method, "path": path, "count": count, "delay": delay}
         self.admin("POST", "faults", json=body)
 
@@ -80,7 +87,9 @@ class Sandbox:
         self.process.terminate()
         self.process.wait(timeout=10)
         self.process = subprocess.Popen(
-            sandbox_command(host="127.0.0.1", port=port, db=self.db, clients=self.clients_file, reset=False)
+            sandbox_command(
+                host="127.0.0.1", port=port, db=self.db, clients=self.clients_file, reset=False
+            )
         )
         wait_until_up(f"{self.base_url}/fhir/metadata", process=self.process)
 

@@ -34,7 +34,9 @@ def test_framework_free_packages_never_import_flask(package: str) -> None:
 
 
 def test_the_app_never_imports_the_dev_ehr_and_the_dev_ehr_never_imports_the_app() -> None:
-    app_side = [p for pkg in ("smartapp", *FRAMEWORK_FREE, "config") for p in (ROOT / pkg).rglob("*.py")]
+    app_side = [
+        p for pkg in ("smartapp", *FRAMEWORK_FREE, "config") for p in (ROOT / pkg).rglob("*.py")
+    ]
     assert [str(p) for p in app_side if "ehr_sandbox" in _imports(p)] == []
     ours = {"smartapp", "launch", "fhir_mappings", "config"}
     assert [str(p) for p in (ROOT / "ehr_sandbox").rglob("*.py") if _imports(p) & ours] == []

@@ -10,6 +10,12 @@ from config import SettingsError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:
+        # Everything after `sandbox`, --help included, belongs to the dev EHR's own parser.
+        from smartapp.demo import run_sandbox
+
+        return run_sandbox(argv[1:])
     parser = argparse.ArgumentParser(prog="peerbridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -84,6 +84,12 @@ class ReferralSettings:
 class CdsClient:
     iss: str
     jwks_url: str
+    # JWT `jku` header values accepted from this EHR; empty means only jwks_url itself.
+    jku: tuple[str, ...] = ()
+
+    @property
+    def allowed_jkus(self) -> tuple[str, ...]:
+        return self.jku or (self.jwks_url,)
 
 
 @dataclass(frozen=True)
@@ -262,7 +268,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                 raise TypeError
             if key == "cds.trusted_clients":
                 return tuple(
-                    CdsClient(iss=str(v["iss"]), jwks_url=str(v["jwks_url"])) for v in value
+                    CdsClient(
+                        iss=str(v["iss"]),
+                        jwks_url=str(v["jwks_url"]),
+                        jku=tuple(str(u) for u in v.get("jku", ())),
+                    )
+                    for v in value
                 )
             return tuple(str(v) for v in value)
     except (TypeError, ValueError, KeyError) as exc:

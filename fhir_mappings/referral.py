@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from fhir_mappings.chart import ChartError, patient_facts
 from fhir_mappings.domain import SNOMED, Consent, ContactPreference, Program, Referral
 from fhir_mappings.fhir_client import FhirClient, FhirError
 
@@ -810,9 +811,12 @@ def apply_completion(
     recorded: datetime,
     author: str,
     due: date,
-    consent_ref: str = "",
+    consent_in_bundle: bool = False,
 ) -> tuple[Resource, Resource]:
-    """The draft ServiceRequest and Task turned active/requested with the family's choices."""
+    """The draft ServiceRequest and Task turned active/requested with the family's choices.
+
+    With `consent_in_bundle` the Consent travels as a resource (`update_transaction` links it);
+    otherwise it is kept as a note on the ServiceRequest."""
     sr, task = _without_meta(sr), _without_meta(task)
     sr["status"] = "active"
     sr["occurrencePeriod"] = {"start": recorded.date().isoformat(), "end": due.isoformat()}
@@ -823,11 +827,8 @@ def apply_completion(
         if not any(c.get("system") == CONTACT_PREFERENCE_CS for c in d.get("coding", []))
     ] + _order_details(pref)
     notes = list(sr.get("note", []))
-    if completion.consent is not None:
-        if consent_ref:
-            sr["supportingInfo"] = [{"reference": consent_ref, "display": "Family consent"}]
-        else:
-            notes.append({"text": _consent_words(completion.consent)})
+    if completion.consent is not None and not consent_in_bundle:
+        notes.append({"text": _consent_words(completion.consent)})
     if notes:
         sr["note"] = notes
     task["restriction"] = {"period": {"end": due.isoformat()}}
@@ -925,3 +926,23 @@ def referral_for_new_match(
         contact_person=old.contact_person,
         replaces=f"ServiceRequest/{old.service_request_id}",
     )
+
+
+def find_performer(client: FhirClient, program: Program) -> str:
+    """`HealthcareService/<id>` when the EHR holds the program's service, else ""."""
+    try:
+        found = client.read("HealthcareService", program.id)
+    except FhirError:
+        return ""  # not there, or not readable with this launch's scopes
+    return f"HealthcareService/{found['id']}" if found.get("id") else ""
+
+
+def patient_names(client: FhirClient, patient_ids: list[str]) -> dict[str, str]:
+    """Display names for a worklist; an unreadable patient keeps its id."""
+    names: dict[str, str] = {}
+    for pid in dict.fromkeys(patient_ids):
+        try:
+            names[pid] = patient_facts(client.read("Patient", pid)).name or pid
+        except (FhirError, ChartError):
+            names[pid] = pid
+    return names

@@ -11,6 +11,7 @@ from smartapp import (
     launch_views,
     observability,
     patient,
+    program_directory,
     referrals,
     security,
     worklist,
@@ -32,7 +33,15 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     observability.init_app(app, settings)
     security.init_app(app, settings)
     # Each feature hangs its resources off the app (stores, directory, outbox) in init_app.
-    for feature in (health, launch_views, patient, referrals, worklist, cds):
+    for feature in (
+        health,
+        program_directory,
+        launch_views,
+        patient,
+        referrals,
+        worklist,
+        cds,
+    ):
         feature.init_app(app, settings)
     return app
 

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate = dsub.add_parser("validate", help="report every problem in a directory Bundle")
     validate.add_argument("file")
     export = dsub.add_parser("export", help="write the directory as a FHIR Bundle")
-    export.add_argument("--output", "-o", default="-")
+    export.add_argument("--output", "--out", "-o", dest="output", default="-")
 
     check = sub.add_parser("check", help="check a target EHR against PeerBridge's needs")
     check.add_argument("--profile", default=None)

@@ -1,11 +1,259 @@
-"""(placeholder: filled in by its issue)"""
+"""Thin Flask glue for the SMART launch: `/launch`, `/callback`, `/.well-known/jwks.json`,
+`/l/<handle>/about`, and the one place that turns launch and FHIR errors into pages."""
 
 from __future__ import annotations
 
-from flask import Flask
+import logging
+from contextlib import suppress
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from flask_session.base import ServerSideSession, ServerSideSessionInterface
+from werkzeug.routing import BuildError
 
 from config import Settings
+from fhir_mappings.fhir_client import FhirAuthError, FhirError, FhirUnavailable
+from launch.client_auth import public_jwks
+from launch.errors import LaunchError
+from smartapp.launch_session import (
+    browser_binding,
+    current_launch,
+    fhir_client,
+    install_store,
+    launch_routes,
+    launch_store,
+)
+from smartapp.session_store import KeyValue, LaunchStore
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("launch", __name__)
+about_bp = Blueprint("launch_about", __name__, url_prefix="/l/<handle>")
+launch_routes(about_bp)
+
+CSP_FORM_ACTION = "csp_form_action"  # app.extensions key: origins a form may post to
 
 
+@bp.get("/launch")
+def start() -> ResponseReturnValue:
+    store = launch_store()
+    launch = request.args.get("launch", "")
+    iss = request.args.get("iss", "") or ("" if launch else store.settings.smart.default_iss)
+    if not iss:
+        raise LaunchError(
+            "PeerBridge was opened without saying which EHR to use. Please open PeerBridge "
+            "from within your EHR.",
+            "launch without iss and no smart.default_iss",
+            relaunch=False,
+            kind="missing_iss",
+        )
+    store.check_iss(iss)  # before anything else: an unknown iss causes no outbound request
+    auth = store.begin(iss=iss, launch=launch, binding=browser_binding())
+    if auth.use_post:
+        _allow_form_action(auth.endpoint)
+        return render_template(
+            "launch_authorize_post.html", endpoint=auth.endpoint, params=auth.params
+        )
+    return redirect(auth.redirect_url, code=302)
+
+
+@bp.get("/callback")
+def callback() -> ResponseReturnValue:
+    store = launch_store()
+    state = request.args.get("state", "")
+    error = request.args.get("error", "")
+    if error:
+        # Use the state up (single use) but report the EHR's refusal whatever its validity.
+        if state:
+            # The refusal is the news; a stale or foreign state adds nothing for the user.
+            with suppress(LaunchError):
+                store.take_pending(state, browser_binding(create=False))
+        raise _authorization_refused(error)
+    context = store.complete(
+        state=state, code=request.args.get("code", ""), binding=browser_binding(create=False)
+    )
+    log.info("launch completed", extra={"event": "launch_completed"})
+    return redirect(f"/l/{context.handle}/patient", code=302)
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks() -> ResponseReturnValue:
+    response = jsonify(public_jwks(launch_store().signing_keys))
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@about_bp.get("/about")
+def about() -> ResponseReturnValue:
+    ctx = current_launch()
+    patient_name = ""
+    if ctx.patient_id and ctx.can_read("Patient"):
+        patient_name = _patient_name(fhir_client().read("Patient", ctx.patient_id))
+    try:
+        patient_url = url_for("patient.view")  # the handle is filled in by _fill_handle
+    except BuildError:
+        patient_url = ""
+    return render_template(
+        "launch_about.html", ctx=ctx, patient_name=patient_name, patient_url=patient_url
+    )
+
+
+def _patient_name(patient: dict[str, Any]) -> str:
+    names = patient.get("name") or []
+    official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    if official.get("text"):
+        return str(official["text"])
+    return " ".join([*official.get("given", []), official.get("family", "")]).strip()
+
+
+_REFUSALS = {
+    "access_denied": "Access to the EHR was declined, so PeerBridge cannot open this chart.",
+    "invalid_scope": "The EHR would not grant the access PeerBridge asks for.",
+    "unauthorized_client": "The EHR does not allow PeerBridge to sign in this way.",
+    "temporarily_unavailable": "The EHR's sign-in service is busy right now.",
+    "server_error": "The EHR's sign-in service had a problem.",
+}
+
+
+def _authorization_refused(error: str) -> LaunchError:
+    code = error if error in _REFUSALS or error == "invalid_request" else "other"
+    text = _REFUSALS.get(error, "The EHR's sign-in service refused PeerBridge's request.")
+    return LaunchError(
+        f"{text} Please relaunch PeerBridge from the EHR; if it keeps happening, tell your IT "
+        "team.",
+        f"authorization server returned error={code}",
+        status=400,
+        kind=f"authorize_{code}",
+    )
+
+
+def _allow_form_action(url: str) -> None:
+    parts = urlsplit(url)
+    current_app.extensions.setdefault(CSP_FORM_ACTION, set()).add(
+        f"{parts.scheme}://{parts.netloc}"
+    )
+
+
+# -- error pages -------------------------------------------------------------------------------
+def _launch_error(exc: LaunchError) -> ResponseReturnValue:
+    log.warning("launch error %s: %s", exc.kind, exc.log_message, extra={"event": exc.kind})
+    body = render_template(
+        "launch_error.html",
+        title=_TITLES.get(exc.kind, "PeerBridge could not open"),
+        message=exc.user_message,
+        relaunch=exc.relaunch,
+        cookie_help=exc.kind == "cookie_blocked",
+        new_window_url=exc.retry_url,
+    )
+    return body, exc.status
+
+
+def _fhir_error(exc: FhirError) -> ResponseReturnValue:
+    log.warning(
+        "FHIR error status=%s type=%s", exc.status, type(exc).__name__, extra={"event": "fhir"}
+    )
+    if isinstance(exc, FhirUnavailable):
+        title, status = "The EHR is not answering", 503
+        message = "PeerBridge could not reach the EHR just now. Please try again in a moment."
+        relaunch = False
+    elif isinstance(exc, FhirAuthError) and exc.status == 401:
+        title, status = "Please relaunch PeerBridge", 401
+        message = (
+            "PeerBridge's access to the EHR has ended (it could not be renewed). Please relaunch "
+            "PeerBridge from the EHR."
+        )
+        relaunch = True
+    elif isinstance(exc, FhirAuthError):
+        title, status = "Not permitted by the EHR", 403
+        message = f"The EHR did not allow this: {exc.user_message}."
+        relaunch = False
+    else:
+        title, status = "The EHR could not do this", 502
+        message = f"The EHR answered with a problem: {exc.user_message}."
+        relaunch = False
+    body = render_template(
+        "launch_error.html",
+        title=title,
+        message=message,
+        relaunch=relaunch,
+        cookie_help=False,
+        new_window_url="",
+    )
+    return body, status
+
+
+_TITLES = {
+    "unknown_iss": "This EHR is not approved for PeerBridge",
+    "cookie_blocked": "PeerBridge needs its cookie",
+    "relaunch_needed": "Please relaunch PeerBridge",
+    "unknown_launch": "This PeerBridge page has ended",
+    "not_bound": "This PeerBridge page belongs to another session",
+}
+
+
+# -- the Flask session, server-side on the launch store's backend ---------------------------
+class KeyValueSessionInterface(ServerSideSessionInterface):  # type: ignore[misc]
+    """Flask-Session's server-side session on our key-value store (SQLite or Redis)."""
+
+    def __init__(self, app: Flask, kv: KeyValue) -> None:
+        super().__init__(app, key_prefix="", use_signer=False, permanent=True, sid_length=32)
+        self.kv = kv
+
+    def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
+        return self.kv.get("session", store_id)
+
+    def _delete_session(self, store_id: str) -> None:
+        self.kv.delete("session", store_id)
+
+    def _upsert_session(
+        self, session_lifetime: timedelta, session: ServerSideSession, store_id: str
+    ) -> None:
+        self.kv.put("session", store_id, dict(session), session_lifetime.total_seconds())
+
+
+# -- wiring ------------------------------------------------------------------------------------
 def init_app(app: Flask, settings: Settings) -> None:
-    pass
+    store = LaunchStore.from_settings(settings)
+    install_store(app, store)
+    secure = settings.app.session_cookie_secure
+    app.config.update(
+        SESSION_COOKIE_NAME="peerbridge_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=secure,
+        # SameSite=None lets the cookie through inside the EHR's iframe; browsers drop it
+        # without Secure, so plain-HTTP loopback demos use Lax (same-site there anyway).
+        SESSION_COOKIE_SAMESITE="None" if secure else "Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.app.session_lifetime_minutes),
+    )
+    app.session_interface = KeyValueSessionInterface(app, store.kv)
+    app.extensions[CSP_FORM_ACTION] = {
+        f"{urlsplit(iss).scheme}://{urlsplit(iss).netloc}" for iss in settings.smart.iss_allowlist
+    }
+    app.register_blueprint(bp)
+    app.register_blueprint(about_bp)
+    app.register_error_handler(LaunchError, _launch_error)
+    app.register_error_handler(FhirError, _fhir_error)
+
+    @app.url_defaults
+    def _fill_handle(endpoint: str, values: dict[str, Any]) -> None:
+        # Any page of a launch links to other launch pages without repeating the handle.
+        if "handle" in values or endpoint not in app.view_functions:
+            return
+        if not app.url_map.is_endpoint_expecting(endpoint, "handle"):
+            return
+        try:
+            values["handle"] = current_launch().handle
+        except RuntimeError:
+            return

@@ -290,14 +290,23 @@ class Outbox:
             self._attempt(entry, _lookup(client_for, entry.handle))
         return attempted
 
+    def fail(self, key: str, message: str) -> None:
+        """Mark a row failed without sending it (the EHR cannot take this write at all)."""
+        entry = self.get(key)
+        if entry is not None and entry.status == PENDING:
+            self._finish(entry, FAILED, entry.attempts, message)
+
     def resume(self, *, iss: str, fhir_user: str, handle: str) -> int:
-        """A user launched again: their rows waiting for a fresh token go back in the queue."""
+        """A user launched again: their rows waiting for a fresh token go back in the queue.
+
+        Only for a new launch (another handle): the old one's token is known to be refused."""
         statement = (
             update(outbox_table)
             .where(
                 outbox_table.c.status == WAITING_AUTH,
                 outbox_table.c.iss == iss,
                 outbox_table.c.fhir_user == fhir_user,
+                outbox_table.c.handle != handle,
             )
             .values(
                 status=PENDING,
@@ -434,11 +443,12 @@ def _lookup(client_for: ClientFor, handle: str) -> FhirClient | None:
 
 
 class RetryWorker:
-    """A daemon thread that drains the outbox every few seconds (one per app process)."""
+    """A daemon thread that drains the outbox every few seconds (one per app process).
 
-    def __init__(self, outbox: Outbox, client_for: ClientFor, *, interval: float = 2.0) -> None:
-        self.outbox = outbox
-        self.client_for = client_for
+    `drain` does one pass; the app wraps `Outbox.drain` in its app context and launch store."""
+
+    def __init__(self, drain: Callable[[], object], *, interval: float = 2.0) -> None:
+        self.drain = drain
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -448,6 +458,7 @@ class RetryWorker:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="peerbridge-outbox", daemon=True)
             self._thread.start()
 
@@ -459,7 +470,7 @@ class RetryWorker:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.outbox.drain(self.client_for)
-            except Exception as exc:
+                self.drain()
+            except Exception as exc:  # the worker must outlive one bad drain
                 # Only the type: database errors quote their parameters, which hold PHI.
                 log.error("outbox drain failed: %s", type(exc).__name__)

@@ -1,11 +1,228 @@
-"""(placeholder: filled in by its issue)"""
+"""The patient view of one launch (`/l/<handle>/patient`): banner, ranked suggestions with their
+reasons, filters, excluded programs, unmapped conditions with a directory search, and the
+printable family handout. Thin: the chart comes from `fhir_mappings.chart`, the ranking from
+`smartapp.suggestions`; this module only chooses what to show.
+"""
 
 from __future__ import annotations
 
-from flask import Flask
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, render_template, request
 
 from config import Settings
+from fhir_mappings.chart import read_chart
+from fhir_mappings.code_maps import CodeMap
+from fhir_mappings.domain import MODES, SUPPORTED, PatientFacts, Program, Suggestion
+from fhir_mappings.fhir_client import FhirClient
+from launch.context import LaunchContext
+from smartapp import ui_text
+from smartapp.launch_session import current_launch, fhir_client, launch_routes
+from smartapp.program_directory import current_directory
+from smartapp.smart_style import fetch_style_css
+from smartapp.suggestions import Directory, suggest_programs
+
+bp = Blueprint("patient", __name__, url_prefix="/l/<handle>")
+launch_routes(bp)
+
+COVERAGE_CHOICES = (("", "Anywhere"), ("covers", "Covers the patient's area"))
+MAX_HANDOUT_PROGRAMS = 6  # more than this does not fit on one printed page
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    pass
+    app.register_blueprint(bp)
+
+    @app.context_processor
+    def _smart_style() -> dict[str, str]:
+        # Every page of a launch (referrals and worklist too) wears the EHR's style when given.
+        ctx = g.get("launch_context")
+        url = getattr(ctx, "smart_style_url", "") if ctx is not None else ""
+        return {"smart_style_css": fetch_style_css(url) if url else ""}
+
+
+# Plain English words for the directory's vocabularies, shared by the patient pages.
+WORDS = {
+    "mode_words": ui_text.MODE_WORDS["en"],
+    "support_words": ui_text.SUPPORT_WORDS,
+    "cost_words": ui_text.COST_WORDS["en"],
+    "language_words": ui_text.LANGUAGE_WORDS["en"],
+}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The patient view's filters, from the query string (the no-JavaScript path)."""
+
+    mode: str = ""
+    language: str = ""
+    supports: str = ""
+    coverage: str = ""
+
+    @classmethod
+    def from_args(cls, args: Any) -> Filters:
+        def pick(name: str, allowed: tuple[str, ...]) -> str:
+            value = str(args.get(name, ""))
+            return value if value in allowed else ""
+
+        return cls(
+            mode=pick("mode", MODES),
+            language=str(args.get("language", ""))[:8].lower() if args.get("language") else "",
+            supports=pick("supports", SUPPORTED),
+            coverage=pick("coverage", ("covers",)),
+        )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.mode or self.language or self.supports or self.coverage)
+
+    def shows(self, program: Program, patient: PatientFacts) -> bool:
+        if self.mode and self.mode not in program.modes:
+            return False
+        if self.language and self.language not in program.languages:
+            return False
+        if self.supports and self.supports not in program.supports:
+            return False
+        return not (self.coverage and coverage_word(program, patient) != "yes")
+
+
+def coverage_word(program: Program, patient: PatientFacts) -> str:
+    """ "yes", "no" or "unknown": whether the program serves where the patient lives."""
+    covered = program.coverage.covers(patient.address)
+    return "unknown" if covered is None else ("yes" if covered else "no")
+
+
+def headline(suggestion: Suggestion) -> str:
+    """The reasons in one plain line: 'Type 2 diabetes (E11.9) - Spanish - by phone'."""
+    return " - ".join(r.text for r in suggestion.reasons if r.matched and r.text)
+
+
+def _patient_banner(patient: PatientFacts, today: date) -> dict[str, str]:
+    age = patient.age_on(today)
+    language = patient.language_display or ui_text.words(
+        ui_text.LANGUAGE_WORDS, "en", patient.language
+    )
+    return {
+        "name": patient.name,
+        "age": "" if age is None else (f"{age} y" if age >= 2 else _months(patient, today)),
+        "sex": ui_text.SEX_WORDS.get(patient.sex, patient.sex.capitalize()),
+        "language": language,
+        "birth_date": patient.birth_date.isoformat() if patient.birth_date else "",
+    }
+
+
+def _months(patient: PatientFacts, today: date) -> str:
+    born = patient.birth_date
+    if born is None:
+        return ""
+    months = (today.year - born.year) * 12 + today.month - born.month - (today.day < born.day)
+    return f"{max(months, 0)} mo"
+
+
+def _missing_reads() -> list[str]:
+    ctx = current_launch()
+    return [t for t in ("Patient", "Condition") if not ctx.can_read(t)]
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["PEERBRIDGE"]
+    return settings
+
+
+def _directory() -> Directory:
+    directory: Directory = current_directory()
+    return directory
+
+
+@bp.get("/patient")
+def view() -> Response | str:
+    ctx = current_launch()
+    missing = _missing_reads()
+    if missing or not ctx.patient_id:
+        page = render_template(
+            "patient_missing.html", missing=missing, no_patient=not ctx.patient_id, ctx=ctx
+        )
+        return Response(page, status=403)
+    return patient_page(ctx, fhir_client(), Filters.from_args(request.args))
+
+
+def patient_page(
+    ctx: LaunchContext, client: FhirClient, filters: Filters, today: date | None = None
+) -> str:
+    """The patient view's HTML for one launch: read the chart, rank the programs, render."""
+    today = today or date.today()
+    # _count of at least 100 keeps a long problem list to one or two round trips.
+    page_size = max(_settings().fhir.page_size, 100)
+    chart = read_chart(client, ctx.patient_id, page_size=page_size)
+    result = suggest_programs(
+        chart.patient,
+        chart.conditions,
+        _directory(),
+        CodeMap.load_default(),
+        today=today,
+        problems=chart.problems,
+    )
+    languages = sorted({lang for s in result.suggestions for lang in s.program.languages})
+    return render_template(
+        "patient.html",
+        ctx=ctx,
+        patient=chart.patient,
+        banner=_patient_banner(chart.patient, today) if ctx.need_patient_banner else None,
+        result=result,
+        filters=filters,
+        shown_count=sum(filters.shows(s.program, chart.patient) for s in result.suggestions),
+        languages=languages,
+        modes=MODES,
+        supported=SUPPORTED,
+        coverage_choices=COVERAGE_CHOICES,
+        headline=headline,
+        coverage_word=coverage_word,
+        can_refer=ctx.can_write("ServiceRequest"),
+        limitations=ctx.limitations,
+        **WORDS,
+    )
+
+
+@bp.get("/programs")
+def search() -> str:
+    """Directory search for conditions the code maps do not cover."""
+    text = request.args.get("q", "").strip()[:200]
+    found: list[Program] = []
+    if text:
+        found = _directory().search(text)
+    condition = request.args.get("condition", "")[:64]
+    return render_template(
+        "patient_search.html",
+        text=text,
+        programs=found[:25],
+        condition=condition,
+        can_refer=current_launch().can_write("ServiceRequest"),
+        **WORDS,
+    )
+
+
+@bp.get("/handout")
+def handout() -> Response | str:
+    """One printable page of the chosen programs, in English and in Spanish."""
+    directory = _directory()
+    chosen: list[Program] = []
+    for program_id in request.args.getlist("program")[:MAX_HANDOUT_PROGRAMS]:
+        program = directory.get(program_id)
+        if program is not None and program not in chosen:
+            chosen.append(program)
+    if not chosen:
+        page = render_template(
+            "patient_message.html",
+            title="Choose programs",
+            message="Tick at least one program for the family handout.",
+        )
+        return Response(page, status=400)
+    return render_template(
+        "handout.html",
+        programs=chosen,
+        text=ui_text.HANDOUT_TEXT,
+        cost_words=ui_text.COST_WORDS,
+        mode_words=ui_text.MODE_WORDS,
+        language_words=ui_text.LANGUAGE_WORDS,
+    )

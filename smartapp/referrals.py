@@ -1,11 +1,327 @@
-"""(placeholder: filled in by its issue)"""
+"""Referral pages under `/l/<handle>/referrals`: propose, confirm (pending until the EHR has it),
+complete a draft, record an outcome, download the FHIR JSON or print the family handout.
+
+Thin: forms in `referral_forms`, the workflow in `referral_service`, FHIR in `fhir_mappings`.
+`init_app` also owns the outbox and its retry worker.
+"""
 
 from __future__ import annotations
 
-from flask import Flask
+import json
+from datetime import UTC, datetime, time
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.wrappers import Response as BaseResponse
 
 from config import Settings
+from fhir_mappings.chart import Chart, ChartError, read_chart
+from fhir_mappings.domain import Consent, Program
+from fhir_mappings.fhir_client import FhirClient, FhirError
+from fhir_mappings.referral import CONTACT_WORDS, OUTCOME_WORDS, Completion
+from smartapp.launch_session import current_launch, fhir_client, launch_routes, launch_store
+from smartapp.outbox import Outbox, RetryWorker
+from smartapp.program_directory import current_programs
+from smartapp.referral_forms import CompleteForm, OutcomeForm, ProposeForm
+from smartapp.referral_service import Actor, ReferralError, ReferralService, Tracking
+
+SERVICE = "peerbridge.referrals"
+WORKER = "peerbridge.outbox_worker"
+WRITTEN_TYPES = ("ServiceRequest", "Task", "Provenance", "Consent", "Device")
+
+bp = Blueprint("referrals", __name__, url_prefix="/l/<handle>")
+launch_routes(bp)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    pass
+    outbox = Outbox(
+        settings.database_url,
+        max_attempts=settings.referrals.max_attempts,
+        retry_base_seconds=settings.referrals.retry_base_seconds,
+    )
+    app.extensions[SERVICE] = ReferralService(outbox, settings.referrals)
+
+    def drain_once() -> int:
+        with app.app_context():
+            return outbox.drain(lambda handle: launch_store().client_for(handle))
+
+    worker = RetryWorker(drain_once)
+    app.extensions[WORKER] = worker
+    if not app.testing:
+        # Started on the first request, not at import: gunicorn forks after loading the app.
+        @app.before_request
+        def _start_worker() -> None:
+            worker.start()
+
+    app.register_blueprint(bp)
+
+
+def referral_service() -> ReferralService:
+    service: ReferralService = current_app.extensions[SERVICE]
+    return service
+
+
+def current_actor() -> Actor:
+    launch = current_launch()
+    return Actor(
+        handle=launch.handle,
+        iss=launch.iss,
+        fhir_user=launch.fhir_user,
+        patient_id=launch.patient_id,
+        writable=frozenset(t for t in WRITTEN_TYPES if launch.can_write(t)),
+    )
+
+
+@bp.before_request
+def _resume_waiting() -> None:
+    # A relaunch by the same user picks up referrals that waited for a fresh token.
+    launch = current_launch()
+    referral_service().outbox.resume(
+        iss=launch.iss, fhir_user=launch.fhir_user, handle=launch.handle
+    )
+
+
+def _cannot_write(*, update: bool = False) -> Response | None:
+    """A plain page when the launch's scopes do not allow the write (None when they do)."""
+    launch = current_launch()
+    allowed = launch.can_write("ServiceRequest") and launch.can_write("Task")
+    if update:
+        allowed = launch.can_update("ServiceRequest") and launch.can_update("Task")
+    if allowed:
+        return None
+    page = render_template(
+        "referral_message.html",
+        title="Referrals cannot be sent from this launch",
+        message=(
+            "The EHR did not give PeerBridge permission to write referrals (ServiceRequest and "
+            "Task) in this session. Ask your EHR administrator to grant it, or print the family "
+            "handout from the patient page instead."
+        ),
+    )
+    return Response(page, status=403)
+
+
+def _program(program_id: str) -> Program | None:
+    return next((p for p in current_programs() if p.id == program_id), None)
+
+
+def _chart(client: FhirClient, patient_id: str) -> Chart | None:
+    try:
+        return read_chart(client, patient_id)
+    except (FhirError, ChartError):
+        return None  # the form still works; it just cannot offer the chart's choices
+
+
+def _related_choices(chart: Chart | None, patient_id: str) -> list[tuple[str, str]]:
+    choices = [(f"Patient/{patient_id}", "The patient")]
+    for person in chart.related_persons if chart else ():
+        label = person.name + (f" ({person.relationship})" if person.relationship else "")
+        choices.append((person.reference, label))
+    return choices
+
+
+def _message(title: str, message: str, status: int) -> Response:
+    return Response(
+        render_template("referral_message.html", title=title, message=message), status=status
+    )
+
+
+# -- propose -------------------------------------------------------------------------------------
+
+
+@bp.get("/referrals/new")
+def new() -> Response | str:
+    refused = _cannot_write()
+    if refused is not None:
+        return refused
+    program = _program(request.args.get("program", ""))
+    if program is None:
+        return _message("Program not found", "That program is not in PeerBridge's directory.", 404)
+    launch = current_launch()
+    chart = _chart(fhir_client(), launch.patient_id)
+    conditions = chart.conditions if chart else ()
+    wanted = request.args.getlist("condition")
+    form = ProposeForm(
+        identifier=ReferralService.new_identifier(), program=program.id, conditions=wanted
+    )
+    form.conditions.choices = [(c.id, c.label) for c in conditions]
+    return render_template("referral_new.html", form=form, program=program)
+
+
+@bp.post("/referrals")
+def create() -> BaseResponse | str:
+    refused = _cannot_write()
+    if refused is not None:
+        return refused
+    form = ProposeForm()
+    program = _program(form.program.data or "")
+    if not form.validate() or program is None:
+        if program is None:
+            return _message("Program not found", "That program is not in the directory.", 400)
+        form.conditions.choices = [(c, c) for c in form.conditions.data or []]
+        return Response(
+            render_template("referral_new.html", form=form, program=program), status=400
+        )
+    try:
+        tracking = referral_service().propose(
+            fhir_client(),
+            current_actor(),
+            identifier=form.identifier.data,
+            program=program,
+            condition_ids=tuple(form.conditions.data or ()),
+            note=form.note.data or "",
+            patient_instruction=form.patient_instruction.data or "",
+            priority="urgent" if form.priority.data == "urgent" else "routine",
+        )
+    except ReferralError as exc:
+        return _message("The referral could not be saved", str(exc), 400)
+    return redirect(url_for("referrals.show", identifier=tracking.identifier), code=303)
+
+
+# -- confirmation and detail ---------------------------------------------------------------------
+
+
+@bp.get("/referrals/<identifier>")
+def show(identifier: str) -> Response | str:
+    service = referral_service()
+    client = fhir_client()
+    for entry in service.outbox.for_identifier(identifier):
+        if entry.status == "pending":
+            service.outbox.send(entry.key, client, force=False)  # respects the backoff
+    tracking = service.track(client, identifier)
+    if tracking.state == "unknown":
+        return _message("Referral not found", "PeerBridge knows no referral with this id.", 404)
+    outcome_form = None
+    if tracking.view is not None and tracking.view.is_open and not tracking.busy:
+        outcome_form = OutcomeForm(
+            action_id=ReferralService.new_identifier(),
+            new_identifier=ReferralService.new_identifier(),
+        )
+        outcome_form.program.choices = _program_choices()
+    return render_template(
+        "referral_show.html",
+        t=tracking,
+        outcome_form=outcome_form,
+        contact_words=CONTACT_WORDS,
+        outcome_words=OUTCOME_WORDS,
+        can_write=current_launch().can_update("ServiceRequest"),
+    )
+
+
+def _program_choices() -> list[tuple[str, str]]:
+    programs = sorted(current_programs(), key=lambda p: p.name)
+    return [("", "Choose a program")] + [(p.id, f"{p.name} ({p.organization})") for p in programs]
+
+
+@bp.get("/referrals/<identifier>.json")
+def download(identifier: str) -> Response:
+    tracking = referral_service().track(None, identifier)
+    entry = tracking.create_entry
+    if entry is None:
+        abort(404)
+    response = Response(
+        json.dumps(entry.bundle, indent=2), content_type="application/fhir+json; charset=utf-8"
+    )
+    response.headers["Content-Disposition"] = f'attachment; filename="referral-{identifier}.json"'
+    return response
+
+
+@bp.get("/referrals/<identifier>/handout")
+def handout(identifier: str) -> Response | str:
+    tracking = referral_service().track(fhir_client(), identifier)
+    if tracking.state == "unknown":
+        return _message("Referral not found", "PeerBridge knows no referral with this id.", 404)
+    entry = tracking.create_entry
+    program_id = str(entry.summary.get("program_id", "")) if entry else ""
+    program = _program(program_id) if program_id else _program_by_name(tracking.program_name)
+    return render_template("referral_handout.html", t=tracking, program=program)
+
+
+def _program_by_name(name: str) -> Program | None:
+    return next((p for p in current_programs() if p.name == name), None)
+
+
+# -- complete a draft ----------------------------------------------------------------------------
+
+
+@bp.route("/referrals/<identifier>/complete", methods=["GET", "POST"])
+def complete(identifier: str) -> BaseResponse | str:
+    refused = _cannot_write(update=True)
+    if refused is not None:
+        return refused
+    service = referral_service()
+    client = fhir_client()
+    tracking = service.track(client, identifier)
+    if tracking.view is None:
+        return _message(
+            "Not in the EHR yet",
+            "This referral has not reached the EHR yet; it can be completed once it shows as sent.",
+            409,
+        )
+    form = CompleteForm()
+    chart = _chart(client, tracking.view.patient_id)
+    form.contact_person.choices = _related_choices(chart, tracking.view.patient_id)
+    if request.method == "GET":
+        form.contact_person.data = form.contact_person.choices[0][0]
+        return render_template("referral_complete.html", form=form, t=tracking)
+    if not form.validate():
+        return Response(
+            render_template("referral_complete.html", form=form, t=tracking), status=400
+        )
+    consent = None
+    if form.consent_given.data:
+        given_on = datetime.combine(form.consent_on.data or datetime.now(UTC).date(), time(12), UTC)
+        consent = Consent(given_by=form.consent_by.data.strip(), given_on=given_on)
+    completion = Completion(
+        contact_preference=form.contact_preference.data,
+        language=(form.language.data or "").strip(),
+        contact_person=form.contact_person.data,
+        consent=consent,
+        note=form.note.data or "",
+    )
+    try:
+        service.complete(client, current_actor(), identifier, completion)
+    except ReferralError as exc:
+        return _message("The referral could not be completed", str(exc), 409)
+    return redirect(url_for("referrals.show", identifier=identifier), code=303)
+
+
+# -- follow-up outcome ---------------------------------------------------------------------------
+
+
+@bp.post("/referrals/<identifier>/outcome")
+def outcome(identifier: str) -> BaseResponse | str:
+    refused = _cannot_write(update=True)
+    if refused is not None:
+        return refused
+    form = OutcomeForm()
+    form.program.choices = _program_choices()
+    if not form.validate():
+        problems = "; ".join(e for errors in form.errors.values() for e in errors)
+        return _message("The outcome was not recorded", problems, 400)
+    new_program = _program(form.program.data) if form.outcome.data == "new-match" else None
+    if form.outcome.data == "new-match" and new_program is None:
+        return _message("The outcome was not recorded", "Choose a program from the list.", 400)
+    try:
+        tracking: Tracking = referral_service().record_outcome(
+            fhir_client(),
+            current_actor(),
+            identifier,
+            form.outcome.data,
+            action_id=form.action_id.data,
+            note=form.note.data or "",
+            new_program=new_program,
+            new_identifier=form.new_identifier.data,
+        )
+    except ReferralError as exc:
+        return _message("The outcome was not recorded", str(exc), 409)
+    return redirect(url_for("referrals.show", identifier=tracking.identifier), code=303)

@@ -32,13 +32,15 @@ def init_app(app: Flask, settings: Settings) -> None:
     @app.after_request
     def _headers(response: Response) -> Response:
         nonce = g.get("csp_nonce", "")
+        # The authorize POST form targets the EHR: allow exactly the EHR origins we know.
+        form_action = " ".join(("'self'", *sorted(app.extensions.get("csp_form_action", ()))))
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; "
             f"script-src 'self' 'nonce-{nonce}'; "
             "style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; "
             "connect-src 'self'; "
-            "form-action 'self' *; "
+            f"form-action {form_action}; "
             "base-uri 'none'; "
             "object-src 'none'; "
             f"frame-ancestors {ancestors}"

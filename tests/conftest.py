@@ -5,6 +5,7 @@ its admin API, so tests never reach into its database."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -133,3 +134,15 @@ def app_settings(sandbox: Sandbox, tmp_path: Path, **sections: dict[str, Any]) -
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     return load_settings(profile="local", overrides=overrides, environ={})
+
+
+def adopt_launch(client: Any, app: Any, token: dict[str, Any], iss: str) -> str:
+    """Register a launch from a token response (e.g. `sandbox.mint_token(...)`) in `app`, bound
+    to the Flask test client's browser session; returns the handle for `/l/<handle>/...` URLs."""
+    from smartapp.launch_session import BINDING_KEY, launch_store
+
+    with client.session_transaction() as session:
+        binding = session.get(BINDING_KEY) or secrets.token_urlsafe(24)
+        session[BINDING_KEY] = binding
+    with app.app_context():
+        return launch_store().adopt(token, iss, binding=binding)

@@ -1,0 +1,96 @@
+"""Flask-WTF forms of the referral pages (CSRF comes with FlaskForm). Identifiers that make a
+submit idempotent are minted when the form is rendered and travel as hidden fields."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    DateField,
+    HiddenField,
+    RadioField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import UUID, DataRequired, Length, Optional, ValidationError, regexp
+from wtforms.widgets import CheckboxInput, ListWidget
+
+CONTACT_CHOICES = [
+    ("phone", "Phone call"),
+    ("text", "Text message"),
+    ("email", "Email"),
+    ("none", "Don't reach out (the family will contact the program)"),
+]
+OUTCOME_CHOICES = [
+    ("contact-made", "Contact made"),
+    ("not-reached", "Not reached"),
+    ("declined", "Declined"),
+    ("new-match", "New match needed"),
+    ("completed", "Completed"),
+]
+PRIORITY_CHOICES = [("routine", "Routine"), ("urgent", "Urgent")]
+LANGUAGE_TAG = regexp(r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})*$", message="Use a language tag, e.g. es")
+
+
+class MultiCheckboxField(SelectMultipleField):  # type: ignore[misc]
+    widget = ListWidget(prefix_label=False)
+    option_widget = CheckboxInput()
+
+
+class ProposeForm(FlaskForm):  # type: ignore[misc]
+    identifier = HiddenField(validators=[DataRequired(), UUID()])
+    program = HiddenField(validators=[DataRequired(), Length(max=200)])
+    conditions = MultiCheckboxField("Why (matched conditions)", choices=[], validate_choice=False)
+    priority = SelectField("Priority", choices=PRIORITY_CHOICES, default="routine")
+    note = TextAreaField("Note for the social worker", validators=[Optional(), Length(max=2000)])
+    patient_instruction = TextAreaField(
+        "What the family was told", validators=[Optional(), Length(max=1000)]
+    )
+
+
+class CompleteForm(FlaskForm):  # type: ignore[misc]
+    consent_given = BooleanField("The family agreed that PeerBridge shares this referral")
+    consent_by = StringField(
+        "Who gave consent (name and relationship)", validators=[Optional(), Length(max=200)]
+    )
+    consent_on = DateField("When", validators=[Optional()], default=date.today)
+    contact_preference = RadioField(
+        "How the program should reach out", choices=CONTACT_CHOICES, validators=[DataRequired()]
+    )
+    language = StringField(
+        "Language for the contact", validators=[Optional(), Length(max=35), LANGUAGE_TAG]
+    )
+    contact_person = RadioField("Who is contacted", choices=[], validators=[DataRequired()])
+    note = TextAreaField("Notes for the program", validators=[Optional(), Length(max=2000)])
+
+    def validate(self, extra_validators: Any = None) -> bool:
+        # Across fields, so not an inline validator (Optional() would skip it on empty input).
+        valid = bool(super().validate(extra_validators))
+        if self.contact_preference.data in (None, "none"):
+            return valid
+        if not self.consent_given.data:
+            self.consent_given.errors = [
+                "Record the family's consent before the program reaches out to them."
+            ]
+            return False
+        if not (self.consent_by.data or "").strip():
+            self.consent_by.errors = ["Say who gave consent."]
+            return False
+        return valid
+
+
+class OutcomeForm(FlaskForm):  # type: ignore[misc]
+    action_id = HiddenField(validators=[DataRequired(), UUID()])
+    new_identifier = HiddenField(validators=[DataRequired(), UUID()])
+    outcome = RadioField("Outcome", choices=OUTCOME_CHOICES, validators=[DataRequired()])
+    note = TextAreaField("Note", validators=[Optional(), Length(max=2000)])
+    program = SelectField("New program (for a new match)", choices=[], validate_choice=False)
+
+    def validate_program(self, field: Any) -> None:
+        if self.outcome.data == "new-match" and not field.data:
+            raise ValidationError("Choose the program for the new match.")

@@ -1,0 +1,496 @@
+"""The referral workflow, in plain Python: a subspecialist proposes, a social worker completes and
+follows up, and every change reaches the EHR through the durable outbox.
+
+States (FHIR Task state machine, SDOHCC-TaskForReferralManagement; docs/referrals.md):
+
+| step / outcome    | ServiceRequest | Task        | Task.businessStatus, notes            |
+|-------------------|----------------|-------------|---------------------------------------|
+| proposed (draft)  | draft          | draft       |                                       |
+| proposed (active) | active         | requested   |                                       |
+| completed by SW   | active         | requested   |                                       |
+| contact made      | active         | in-progress | contact-made; next follow-up set      |
+| not reached       | active         | in-progress | not-reached; next follow-up set       |
+| declined          | revoked        | cancelled   | declined; statusReason                |
+| new match needed  | revoked        | cancelled   | new-match; a new request `replaces` it |
+| completed         | completed      | completed   | completed                             |
+
+The social worker acts as the requester's side of the loop, recording what the family and the
+program report; `cancelled` (not `rejected`/`failed`, which belong to the program) is the status
+SDOHCC lets the requester set when the referral stops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+from config.settings import ReferralSettings
+from fhir_mappings.domain import Program, Referral
+from fhir_mappings.fhir_client import FhirClient, FhirError
+from fhir_mappings.referral import (
+    OUTCOME_STATES,
+    Completion,
+    ReferralView,
+    apply_completion,
+    apply_outcome,
+    consent_resource,
+    find_performer,
+    find_referral,
+    patient_names,
+    referral_for_new_match,
+    referral_transaction,
+    referral_view,
+    search_referrals,
+    update_transaction,
+)
+from smartapp.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, OutboxEntry
+
+State = Literal["pending", "confirmed", "failed", "waiting-auth", "unknown"]
+
+
+class ReferralError(Exception):
+    """A workflow step that cannot happen now; the message is for the person at the screen."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts, from the launch; the handle lets the outbox retry under the same launch."""
+
+    handle: str
+    iss: str
+    fhir_user: str
+    patient_id: str = ""
+    writable: frozenset[str] = frozenset()  # resource types the token may create and update
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A referral as the person sees it: what the outbox knows merged with what the EHR holds."""
+
+    identifier: str
+    state: State
+    view: ReferralView | None = None
+    entries: tuple[OutboxEntry, ...] = ()
+    message: str = ""
+
+    @property
+    def service_request_id(self) -> str:
+        if self.view is not None:
+            return self.view.service_request_id
+        return next((e.service_request_id for e in self.entries if e.service_request_id), "")
+
+    @property
+    def program_name(self) -> str:
+        if self.view is not None:
+            return self.view.program_name
+        return next((str(e.summary.get("program", "")) for e in self.entries), "")
+
+    @property
+    def create_entry(self) -> OutboxEntry | None:
+        return next((e for e in self.entries if e.action in ("create", "new-match")), None)
+
+    @property
+    def busy(self) -> bool:
+        """A change is still on its way; further changes wait so none overwrites another."""
+        return any(e.status in (PENDING, WAITING_AUTH) for e in self.entries)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    tracking: Tracking
+    patient_name: str = ""
+    due: date | None = None
+    overdue: bool = False
+
+
+@dataclass(frozen=True)
+class Worklist:
+    drafts: tuple[WorkItem, ...] = ()
+    due: tuple[WorkItem, ...] = ()  # active, follow-up due today or earlier (overdue flagged)
+    upcoming: tuple[WorkItem, ...] = ()
+    pending: tuple[WorkItem, ...] = ()  # written locally, not yet confirmed by the EHR
+    closed: tuple[WorkItem, ...] = ()
+    problems: list[str] = field(default_factory=list)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReferralService:
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: ReferralSettings,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.outbox = outbox
+        self.settings = settings
+        self.clock = clock
+
+    @property
+    def system(self) -> str:
+        return self.settings.identifier_system
+
+    @staticmethod
+    def new_identifier() -> str:
+        """Minted when a form is rendered, so a double-clicked submit carries the same one."""
+        return str(uuid.uuid4())
+
+    def _due(self, now: datetime) -> date:
+        return now.date() + timedelta(days=self.settings.followup_days)
+
+    # -- proposing -----------------------------------------------------------------------------
+
+    def propose(
+        self,
+        client: FhirClient,
+        actor: Actor,
+        *,
+        identifier: str,
+        program: Program,
+        condition_ids: tuple[str, ...] = (),
+        note: str = "",
+        patient_instruction: str = "",
+        priority: Literal["routine", "urgent", "asap", "stat"] = "routine",
+    ) -> Tracking:
+        """Store the referral in the outbox, then try to write it now."""
+        _check_identifier(identifier)
+        key = f"{identifier}:create"
+        if self.outbox.get(key) is None:
+            now = self.clock()
+            referral = Referral(
+                identifier=identifier,
+                patient_id=actor.patient_id,
+                program=program,
+                condition_ids=condition_ids,
+                status="active" if self.settings.initial_status == "active" else "draft",
+                authored_on=now,
+                requester=actor.fhir_user if actor.fhir_user.startswith("Practitioner/") else "",
+                followup_due=self._due(now),
+                priority=priority,
+                note=note,
+                patient_instruction=patient_instruction,
+            )
+            bundle = referral_transaction(
+                referral,
+                identifier_system=self.system,
+                performer_ref=_quietly(lambda: find_performer(client, program), ""),
+                with_device="Device" in actor.writable,
+            )
+            self._enqueue(
+                actor,
+                key,
+                identifier,
+                "create",
+                bundle,
+                program.name,
+                referral.status,
+                program_id=program.id,
+            )
+            refusal = _write_refusal(client)
+            if refusal:
+                self.outbox.fail(key, refusal)
+                return self.track(None, identifier)
+        self.outbox.send(key, client)
+        return self.track(client, identifier)
+
+    def _enqueue(
+        self,
+        actor: Actor,
+        key: str,
+        identifier: str,
+        action: str,
+        bundle: dict[str, object],
+        program_name: str,
+        status: str,
+        **summary: str,
+    ) -> OutboxEntry:
+        entry, _ = self.outbox.enqueue(
+            key=key,
+            identifier=identifier,
+            action=action,
+            bundle=bundle,
+            handle=actor.handle,
+            iss=actor.iss,
+            fhir_user=actor.fhir_user,
+            patient_id=actor.patient_id,
+            summary={"program": program_name, "status": status, **summary},
+        )
+        return entry
+
+    # -- completing a draft --------------------------------------------------------------------
+
+    def complete(
+        self, client: FhirClient, actor: Actor, identifier: str, completion: Completion
+    ) -> Tracking:
+        key = f"{identifier}:complete"
+        if self.outbox.get(key) is None:
+            sr, task = self._current(client, identifier, key)
+            if sr.get("status") != "draft":
+                raise ReferralError("This referral is no longer a draft; nothing to complete.")
+            now = self.clock()
+            consent = consent_query = None
+            if completion.consent is not None and "Consent" in actor.writable:
+                view = referral_view(sr, task, self.system)
+                consent = consent_resource(
+                    _referral_shell(view, identifier, completion), identifier_system=self.system
+                )
+                consent_query = f"identifier={self.system}|{identifier}"
+            new_sr, new_task = apply_completion(
+                sr,
+                task,
+                completion,
+                recorded=now,
+                author=actor.fhir_user,
+                due=self._due(now),
+                consent_in_bundle=consent is not None,
+            )
+            bundle = update_transaction(
+                new_sr,
+                new_task,
+                recorded=now,
+                author=actor.fhir_user,
+                with_device="Device" in actor.writable,
+                consent=consent,
+                consent_query=consent_query or "",
+            )
+            program = referral_view(sr, task, self.system).program_name
+            self._enqueue(actor, key, identifier, "complete", bundle, program, "active")
+        self.outbox.send(key, client)
+        return self.track(client, identifier)
+
+    # -- follow-up outcomes --------------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        client: FhirClient,
+        actor: Actor,
+        identifier: str,
+        outcome: str,
+        *,
+        action_id: str,
+        note: str = "",
+        new_program: Program | None = None,
+        new_identifier: str = "",
+    ) -> Tracking:
+        """Record what happened at follow-up. `action_id` is minted with the form (double POSTs
+        are one outcome); a new match needs `new_program` and returns the new referral."""
+        if outcome not in OUTCOME_STATES:
+            raise ReferralError("Choose one of the listed outcomes.")
+        _check_identifier(action_id)
+        key = f"{identifier}:outcome:{action_id}"
+        existing = self.outbox.get(key)
+        if existing is None:
+            sr, task = self._current(client, identifier, key)
+            view = referral_view(sr, task, self.system)
+            if not view.is_open:
+                raise ReferralError("This referral is closed or still a draft; no outcome to add.")
+            now = self.clock()
+            next_due = self._due(now) if OUTCOME_STATES[outcome][0] == "in-progress" else None
+            new_sr, new_task = apply_outcome(
+                sr,
+                task,
+                outcome,
+                recorded=now,
+                author=actor.fhir_user,
+                note=note,
+                next_due=next_due,
+            )
+            if outcome == "new-match":
+                if new_program is None:
+                    raise ReferralError("Choose the program for the new match.")
+                _check_identifier(new_identifier)
+                replacement = referral_for_new_match(
+                    view,
+                    identifier=new_identifier,
+                    program=new_program,
+                    authored_on=now,
+                    requester=actor.fhir_user if "Practitioner/" in actor.fhir_user else "",
+                    followup_due=self._due(now),
+                    old_sr=sr,
+                )
+                bundle = referral_transaction(
+                    replacement,
+                    identifier_system=self.system,
+                    performer_ref=_quietly(lambda: find_performer(client, new_program), ""),
+                    with_device="Device" in actor.writable,
+                    replaced_request=new_sr,
+                    replaced_task=new_task,
+                )
+                self._enqueue(
+                    actor,
+                    key,
+                    new_identifier,
+                    "new-match",
+                    bundle,
+                    new_program.name,
+                    "active",
+                    replaces=identifier,
+                    program_id=new_program.id,
+                )
+            else:
+                bundle = update_transaction(
+                    new_sr,
+                    new_task,
+                    recorded=now,
+                    author=actor.fhir_user,
+                    with_device="Device" in actor.writable,
+                )
+                self._enqueue(
+                    actor,
+                    key,
+                    identifier,
+                    "outcome",
+                    bundle,
+                    view.program_name,
+                    OUTCOME_STATES[outcome][1],
+                    outcome=outcome,
+                )
+        entry = self.outbox.send(key, client)
+        return self.track(client, entry.identifier)
+
+    def _current(
+        self, client: FhirClient, identifier: str, key: str
+    ) -> tuple[dict[str, object], dict[str, object]]:
+        tracking = self.track(None, identifier)
+        if any(e.is_pending and e.key != key for e in tracking.entries):
+            raise ReferralError(
+                "An earlier change to this referral is still being sent to the EHR; "
+                "try again once it shows as confirmed."
+            )
+        try:
+            found = find_referral(client, self.system, identifier)
+        except FhirError as exc:
+            raise ReferralError(
+                f"PeerBridge could not read the referral from the EHR: {exc}"
+            ) from exc
+        if found is None or found[1] is None:
+            raise ReferralError("The EHR does not hold this referral (or its Task) yet.")
+        return found[0], found[1]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def track(self, client: FhirClient | None, identifier: str) -> Tracking:
+        """The referral's state: local outbox rows first; the EHR's copy when a client is given."""
+        entries = tuple(self.outbox.for_identifier(identifier))
+        view = None
+        message = ""
+        if client is not None:
+            try:
+                found = find_referral(client, self.system, identifier)
+            except FhirError as exc:
+                found = None
+                message = f"PeerBridge could not read the referral from the EHR just now ({exc})."
+            if found is not None:
+                view = referral_view(found[0], found[1], self.system)
+        return Tracking(identifier, _state_of(entries, view), view, entries, message)
+
+    def worklist(self, client: FhirClient, actor: Actor, *, all_patients: bool = False) -> Worklist:
+        """Drafts to complete and follow-ups due, read from the EHR (the source of truth), plus
+        local rows the EHR has not confirmed yet."""
+        today = self.clock().date()
+        problems: list[str] = []
+        patient = "" if all_patients else actor.patient_id
+        try:
+            pairs = search_referrals(client, self.system, patient_id=patient)
+        except FhirError as exc:
+            pairs = []
+            problems.append(f"PeerBridge could not read referrals from the EHR ({exc}).")
+        views = [referral_view(sr, task, self.system) for sr, task in pairs]
+        names = patient_names(client, [v.patient_id for v in views]) if all_patients else {}
+        seen = {v.identifier for v in views}
+        drafts, due, upcoming, closed = [], [], [], []
+        for view in sorted(views, key=lambda v: (v.due or date.max, v.identifier)):
+            entries = tuple(self.outbox.for_identifier(view.identifier))
+            item = WorkItem(
+                Tracking(view.identifier, _state_of(entries, view), view, entries),
+                names.get(view.patient_id, ""),
+                view.due,
+                view.is_overdue(today),
+            )
+            if view.status == "draft":
+                drafts.append(item)
+            elif view.is_due(today):
+                due.append(item)
+            elif view.is_open:
+                upcoming.append(item)
+            else:
+                closed.append(item)
+        pending = []
+        for entry in self.outbox.unconfirmed(iss=actor.iss, patient_id=patient):
+            if entry.identifier in seen or entry.action not in ("create", "new-match"):
+                continue
+            seen.add(entry.identifier)
+            entries = tuple(self.outbox.for_identifier(entry.identifier))
+            pending.append(
+                WorkItem(Tracking(entry.identifier, _state_of(entries, None), None, entries))
+            )
+        return Worklist(
+            tuple(drafts), tuple(due), tuple(upcoming), tuple(pending), tuple(closed), problems
+        )
+
+
+def _state_of(entries: tuple[OutboxEntry, ...], view: ReferralView | None) -> State:
+    if any(e.status == FAILED for e in entries):
+        return "failed"
+    if any(e.status == WAITING_AUTH for e in entries):
+        return "waiting-auth"
+    if any(e.status == PENDING for e in entries):
+        return "pending"
+    if view is not None or any(e.status == CONFIRMED for e in entries):
+        return "confirmed"
+    return "unknown"
+
+
+def _check_identifier(value: str) -> None:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError) as exc:
+        raise ReferralError("The form was incomplete; reload the page and try again.") from exc
+
+
+def _write_refusal(client: FhirClient) -> str:
+    try:
+        if client.supports("ServiceRequest", "create"):
+            return ""
+    except FhirError:
+        return ""  # metadata unreadable: try the write; the outbox sorts out what happens
+    return (
+        "This EHR does not accept referrals from apps (its CapabilityStatement offers no "
+        "ServiceRequest create). Download the referral or print the family handout instead."
+    )
+
+
+def _quietly(call: Callable[[], str], default: str) -> str:
+    try:
+        return call()
+    except FhirError:
+        return default
+
+
+def _referral_shell(view: ReferralView, identifier: str, completion: Completion) -> Referral:
+    """Just enough of a Referral to build its Consent."""
+    program = Program(
+        id="",
+        name=view.program_name,
+        organization="",
+        description="",
+        needs=frozenset(),
+        supports=frozenset(),
+        modes=frozenset(),
+    )
+    return Referral(
+        identifier=identifier,
+        patient_id=view.patient_id,
+        program=program,
+        condition_ids=view.condition_ids,
+        status="active",
+        authored_on=view.authored_on or datetime.now(UTC),
+        contact_person=completion.contact_person,
+        consent=completion.consent,
+    )

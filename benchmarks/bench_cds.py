@@ -69,7 +69,7 @@ def synthetic_programs(count: int) -> list[Program]:
                 max_age=(None, 17, None, 64)[i % 4],
                 cost=("free", "low-cost", "fee", "unknown")[i % 4],
                 referral_methods=("provider", "phone"),
-                contact=Contact(phone="555-0100", website=f"https://example.org/p{i}"),
+                contact=Contact(phone="800-555-0100", website=f"https://example.org/p{i}"),
             )
         )
     return programs

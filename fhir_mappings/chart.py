@@ -345,13 +345,54 @@ def read_chart(
     return Chart(patient, tuple(conditions), tuple(problems), related)
 
 
+def chart_from_resources(
+    resources: Iterable[Mapping[str, Any]], patient_id: str | None = None
+) -> Chart:
+    """A Chart from resources already in hand (a Bundle's entries, a test vignette).
+
+    The Patient is the one with `patient_id`, else the first; Conditions and RelatedPersons of
+    other patients are left out (Conditions reported as problems). Raises `ChartError` when
+    there is no such Patient.
+    """
+    items = [r for r in resources if isinstance(r, Mapping)]
+    patients = [r for r in items if r.get("resourceType") == "Patient"]
+    chosen = next((p for p in patients if patient_id is None or p.get("id") == patient_id), None)
+    if chosen is None:
+        raise ChartError(f"no Patient {patient_id}" if patient_id else "no Patient in the data")
+    patient = patient_facts(chosen)
+    own, foreign = _split_by_subject(
+        [dict(r) for r in items if r.get("resourceType") == "Condition"], patient.id
+    )
+    conditions, problems = coded_conditions(own)
+    problems.extend(
+        ResourceProblem("Condition", str(r.get("id", "")), "belongs to another patient")
+        for r in foreign
+    )
+    related_own, _ = _split_by_subject(
+        [dict(r) for r in items if r.get("resourceType") == "RelatedPerson"], patient.id, "patient"
+    )
+    related = tuple(f for f in map(related_person_facts, related_own) if f is not None)
+    return Chart(patient, tuple(conditions), tuple(problems), related)
+
+
+def resources_in(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a Bundle (any type), or the resource itself when it is not a Bundle."""
+    if document.get("resourceType") != "Bundle":
+        return [dict(document)]
+    return [
+        dict(entry["resource"])
+        for entry in _list(document.get("entry"))
+        if isinstance(entry.get("resource"), Mapping)
+    ]
+
+
 def _split_by_subject(
-    resources: list[dict[str, Any]], patient_id: str
+    resources: list[dict[str, Any]], patient_id: str, element: str = "subject"
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A server that ignores the `patient` parameter must not put another chart's problems here."""
     own, foreign = [], []
     for resource in resources:
-        subject = resource.get("subject") if isinstance(resource, Mapping) else None
+        subject = resource.get(element) if isinstance(resource, Mapping) else None
         reference = subject.get("reference") if isinstance(subject, Mapping) else None
         if isinstance(reference, str) and reference.split("/_history")[0].rsplit("/", 2)[-2:] != [
             "Patient",

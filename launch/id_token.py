@@ -51,6 +51,8 @@ def verify_id_token(
     if not isinstance(unverified, dict) or unverified.get("iss") != issuer:
         raise _invalid("iss is not the launch's issuer")
     config = discovery.openid_configuration(issuer)
+    if config.get("issuer") not in (None, issuer):
+        raise _invalid("openid-configuration names another issuer")  # OIDC Discovery §4.3
     jwks_uri = config.get("jwks_uri")
     if not isinstance(jwks_uri, str) or not jwks_uri:
         raise _invalid("openid-configuration has no jwks_uri")

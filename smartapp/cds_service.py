@@ -55,8 +55,9 @@ OVERRIDE_REASONS = (
     ("not-now", "Not the right time for this family"),
     ("not-relevant", "Not relevant for this patient"),
 )
-# Markdown that could turn a program name into a link or emphasis.
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-!|<>])")
+# Markdown that could turn directory text into a link, emphasis, code or HTML; without `[` and
+# `]` no link can form, so parentheses and dashes stay readable where cards show raw text.
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>])")
 
 
 class CdsRequestError(ValueError):

@@ -34,7 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m ehr_sandbox")
 
     suggest = sub.add_parser("suggest", help="suggest programs for a FHIR Bundle")
-    suggest.add_argument("--bundle", required=True)
+    suggest.add_argument(
+        "--patient", default="", help="FHIR JSON file (Bundle or Patient), or id with --fhir-base"
+    )
+    suggest.add_argument("--bundle", default="", help="same as --patient FILE")
+    suggest.add_argument("--fhir-base", default="", help="read the chart from this FHIR server")
+    suggest.add_argument("--token", default="", help="bearer token for --fhir-base")
+    suggest.add_argument("--json", action="store_true", help="same as --format json")
+    suggest.add_argument("--limit", type=int, default=10)
     suggest.add_argument("--format", choices=("json", "text"), default="text")
     suggest.add_argument("--language", default="")
     suggest.add_argument("--mode", action="append", default=[])

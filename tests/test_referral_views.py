@@ -282,3 +282,38 @@ def test_a_referral_waiting_for_a_relaunch_says_so_and_can_be_downloaded(
     page = web.get(f"/l/{relaunched}/referrals/{form['identifier']}").get_data(as_text=True)
     assert "In the EHR" in page
     assert count_in_ehr(sandbox, form["identifier"]) == 1
+
+
+def test_a_user_level_worklist_spans_every_patient_with_peerbridge_referrals(
+    app: Flask, sandbox: Sandbox
+) -> None:
+    identifiers = []
+    for patient in ("peds-autism", "adult-dementia"):
+        web = app.test_client()
+        handle = launch(app, sandbox, web, patient=patient)
+        _, form = propose_via_form(app, web, handle)
+        web.post(f"/l/{handle}/referrals", data=form)
+        identifiers.append(form["identifier"])
+
+    social = app.test_client()
+    scope = "openid fhirUser user/ServiceRequest.rs user/Task.rs user/Patient.rs"
+    sw = launch(app, sandbox, social, scope=scope, user=SOCIAL_WORKER, patient="")
+    page = social.get(f"/l/{sw}/worklist").get_data(as_text=True)
+    assert all(f"/referrals/{i}" in page for i in identifiers)
+    assert '<th scope="col">Patient</th>' in page
+
+
+def test_a_patient_worklist_without_user_scope_shows_only_that_patient(
+    app: Flask, sandbox: Sandbox
+) -> None:
+    web = app.test_client()
+    handle = launch(app, sandbox, web, patient="peds-cf")
+    _, mine = propose_via_form(app, web, handle)
+    web.post(f"/l/{handle}/referrals", data=mine)
+    other = app.test_client()
+    other_handle = launch(app, sandbox, other, patient="peds-down")
+    _, theirs = propose_via_form(app, other, other_handle)
+    other.post(f"/l/{other_handle}/referrals", data=theirs)
+    page = web.get(f"/l/{handle}/worklist").get_data(as_text=True)
+    assert mine["identifier"] in page and theirs["identifier"] not in page
+    assert "All patients" not in page

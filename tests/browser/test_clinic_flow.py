@@ -28,7 +28,7 @@ def frame_of(page: Any) -> Any:
 
 def open_peerbridge(page: Any, demo: Demo, patient: str) -> Any:
     page.goto(f"{demo.ehr}/ehr/patient/{patient}")
-    page.get_by_role("button", name=re.compile("^Open PeerBridge")).click()
+    page.locator("button.open-app").click()
     frame = app_frame(page)
     frame.get_by_role("heading", name=re.compile("Suggested programs")).wait_for(timeout=WAIT_MS)
     return frame
@@ -55,6 +55,15 @@ def tab_until(page: Any, matches: str, limit: int = 120) -> None:
 
 def text_is(pattern: str) -> str:
     return f"el => /{pattern}/.test((el.innerText || el.value || '').trim())"
+
+
+def pages_when_printed(context: Any, url: str) -> int:
+    """Print a page of the app to PDF with its print CSS (Letter) and count the sheets."""
+    printed = context.new_page()
+    printed.goto(url)
+    pdf = printed.pdf(format="Letter", prefer_css_page_size=True)
+    printed.close()
+    return len(re.findall(rb"/Type\s*/Page\b", pdf))
 
 
 def assert_servicerequest_in_ehr(demo: Demo, patient: str, status: str) -> dict[str, Any]:
@@ -85,28 +94,39 @@ def test_subspecialist_proposes_and_social_worker_completes_a_referral(
 
     first = frame.locator("li.suggestion").first
     assert first.locator(".why").inner_text().strip()
-    shoot(page, "01-patient-view")
+    shoot(page, "01-ehr-chart-with-peerbridge")
+    shoot(page.locator("#app"), "02-patient-view")
+
+    first.get_by_label("Add to family handout").check()
+    frame.get_by_role("button", name=re.compile("^Print family handout")).click()
+    frame.get_by_role("heading", name="Programas de apoyo para su familia").wait_for(
+        timeout=WAIT_MS
+    )
+    shoot(page.locator("#app"), "03-family-handout")
+    assert pages_when_printed(context, frame_of(page).url) == 1
+    frame.get_by_role("link", name=re.compile("Back to the suggestions")).click()
+    first = frame.locator("li.suggestion").first
 
     first.get_by_role("link", name=re.compile("^Propose referral")).click()
     frame.get_by_role("button", name="Propose referral").click()
     draft_id = wait_confirmed(frame)
-    shoot(page, "02-referral-proposed")
+    shoot(page.locator("#app"), "04-referral-proposed")
     assert assert_servicerequest_in_ehr(demo, patient, "draft")["id"] == draft_id
 
     switch_user(page, "Practitioner/social-worker-1")
     frame = open_peerbridge(page, demo, patient)
     frame.get_by_role("link", name="Referral worklist").click()
     frame.get_by_role("heading", name="Referral worklist").wait_for(timeout=WAIT_MS)
-    shoot(page, "03-worklist")
+    shoot(page.locator("#app"), "05-worklist")
     frame.get_by_role("link", name="Complete").first.click()
     frame.get_by_label(re.compile("family agreed")).check()
     frame.get_by_label(re.compile("Who gave consent")).fill("Rosa Demo-Garcia, patient")
     frame.locator("input[name=contact_preference]").first.check()
     frame.locator("input[name=contact_person]").first.check()
-    shoot(page, "04-complete-referral")
+    shoot(page.locator("#app"), "06-complete-referral")
     frame.get_by_role("button", name="Send to the program").click()
     frame.get_by_text("Sent to the program").first.wait_for(timeout=WAIT_MS)
-    shoot(page, "05-referral-sent")
+    shoot(page.locator("#app"), "07-referral-sent")
 
     sent = assert_servicerequest_in_ehr(demo, patient, "active")
     assert sent["id"] == draft_id
@@ -118,7 +138,7 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(f"{demo.ehr}/ehr/patient/{patient}")
-    page.get_by_role("button", name=re.compile("^Open PeerBridge")).focus()
+    page.locator("button.open-app").focus()
     page.keyboard.press("Enter")
     frame = app_frame(page)
     frame.get_by_role("heading", name=re.compile("Suggested programs")).wait_for(timeout=WAIT_MS)
@@ -150,7 +170,7 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
     page.keyboard.press("Enter")
     page.wait_for_load_state()
     assert page.locator("#user").input_value() == "Practitioner/social-worker-1"
-    page.get_by_role("button", name=re.compile("^Open PeerBridge")).focus()
+    page.locator("button.open-app").focus()
     page.keyboard.press("Enter")
     frame = app_frame(page)
     frame.get_by_role("heading", name=re.compile("Suggested programs")).wait_for(timeout=WAIT_MS)
@@ -180,6 +200,9 @@ def test_the_app_fits_a_360_px_wide_screen(browser: Any, demo: Demo, shoot: Any)
     context = browser.new_context(viewport={"width": 360, "height": 740})
     page = context.new_page()
     frame = open_peerbridge(page, demo, patient)
+    # The dev EHR's own chart page is wider than 360 px (its problem table does not wrap), so
+    # the frame it gives PeerBridge is pinned to 360 px, as a narrow EHR side panel would be.
+    page.locator("#app").evaluate("el => { el.style.width = '360px'; el.style.height = '740px'; }")
     app = frame_of(page)
     assert app.evaluate("document.documentElement.clientWidth") <= 360
 
@@ -192,7 +215,7 @@ def test_the_app_fits_a_360_px_wide_screen(browser: Any, demo: Demo, shoot: Any)
 
     assert fits(), "the patient view scrolls sideways at 360 px"
     page.locator("#app").scroll_into_view_if_needed()
-    shoot(page.locator("#app"), "06-patient-view-360px")
+    shoot(page.locator("#app"), "08-patient-view-360px")
 
     frame.locator("li.suggestion").first.get_by_role(
         "link", name=re.compile("^Propose referral")

@@ -100,6 +100,8 @@ def run_demo(args: argparse.Namespace) -> int:
     clients_file.write_text(json.dumps(clients, indent=2), encoding="utf-8")
     db = state_dir / "ehr.sqlite3"
 
+    # A SIGTERM (service manager, CI timeout) must still stop both children: run the finally.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     processes: list[subprocess.Popen[bytes]] = []
     try:
         ehr = subprocess.Popen(

@@ -44,9 +44,9 @@ class CdsCallContext:
     search: Callable[[str], dict]
 
 
-def cards_for(ctx: CdsCallContext) -> list[dict]:
+def cards_for(ctx: CdsCallContext) -> list[dict[str, Any]]:
     """Cards from every registered CDS service's patient-view services, in registration order."""
-    cards: list[dict] = []
+    cards: list[dict[str, Any]] = []
     for entry in ctx.cds_services:
         discovery_url = str(entry.get("discovery_url", "")).rstrip("/")
         if not discovery_url:
@@ -58,10 +58,10 @@ def cards_for(ctx: CdsCallContext) -> list[dict]:
     return cards
 
 
-def _cards_from(ctx: CdsCallContext, discovery_url: str, client_id: str) -> list[dict]:
+def _cards_from(ctx: CdsCallContext, discovery_url: str, client_id: str) -> list[dict[str, Any]]:
     http = requests.Session()
     discovery = _send(ctx, http, "GET", discovery_url, None)
-    cards: list[dict] = []
+    cards: list[dict[str, Any]] = []
     for service in discovery.get("services", []):
         if service.get("hook") != HOOK or not service.get("id"):
             continue
@@ -72,7 +72,7 @@ def _cards_from(ctx: CdsCallContext, discovery_url: str, client_id: str) -> list
 
 
 def _send(
-    ctx: CdsCallContext, http: requests.Session, method: str, url: str, body: dict | None
+    ctx: CdsCallContext, http: requests.Session, method: str, url: str, body: dict[str, Any] | None
 ) -> dict[str, Any]:
     now = int(time.time())
     claims = {
@@ -96,7 +96,7 @@ def _send(
     return data
 
 
-def _request_body(ctx: CdsCallContext, service: dict, client_id: str) -> dict[str, Any]:
+def _request_body(ctx: CdsCallContext, service: dict[str, Any], client_id: str) -> dict[str, Any]:
     context = {"userId": ctx.user, "patientId": ctx.patient_id}
     templates = service.get("prefetch") or {}
     types = {"Patient"} | {
@@ -141,7 +141,7 @@ def _fill(template: str, context: dict[str, str]) -> str | None:
     return TOKEN.sub(lambda m: values[m.group(1)], template)
 
 
-def _prefetch(ctx: CdsCallContext, query: str) -> dict | None:
+def _prefetch(ctx: CdsCallContext, query: str) -> dict[str, Any] | None:
     """A read `Type/id` gives the resource (None when there is none); a search gives its Bundle."""
     path, _, params = query.lstrip("/").partition("?")
     rtype, _, rid = path.partition("/")

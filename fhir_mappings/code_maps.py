@@ -31,9 +31,10 @@ CONCEPT_MAP_FILES = (
 )
 NEEDS_SYSTEM = "https://peerbridge.example.org/fhir/CodeSystem/needs"
 
-# A patient's ICD-10-CM code: letter, digit, alphanumeric, then up to four after the dot.
+# A patient's ICD-10-CM code: a letter, two letters or digits (QA0 is new in FY2025), then up to
+# four after the dot.
 # Chapters ("4") and blocks ("E08-E13") are valid items in the code set but never a diagnosis.
-_ICD_CODE = re.compile(r"^[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
+_ICD_CODE = re.compile(r"^[A-Z][0-9A-Z][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 
 
 class CodeMapError(ValueError):

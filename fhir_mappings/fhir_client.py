@@ -1,4 +1,4 @@
-"""One small FHIR R4 REST client: explicit timeouts, paging by the server's `next` links, typed errors.
+"""One small FHIR R4 REST client: explicit timeouts, paging by `next` links, typed errors.
 
 Callers pass a `requests.Session` (tests may pass one with their own adapters) and a token
 provider; on a 401 the client asks the provider once for a fresh token and retries, so an access
@@ -178,7 +178,8 @@ class FhirClient:
         json_body: Resource | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
-        url = path if path.startswith(("http://", "https://")) else urljoin(self.base_url + "/", path)
+        absolute = path.startswith(("http://", "https://"))
+        url = path if absolute else urljoin(self.base_url + "/", path)
         if not url.startswith(self.base_url):
             # Never send the bearer token to another server (SMART app-launch §Security).
             raise FhirError(0, "refusing to follow a link to another server")
@@ -214,7 +215,8 @@ class FhirClient:
                 timeout=self.timeout,
             )
         except requests.Timeout as exc:
-            raise FhirUnavailable(f"the FHIR server did not answer within {self.timeout:g} s") from exc
+            message = f"the FHIR server did not answer within {self.timeout:g} s"
+            raise FhirUnavailable(message) from exc
         except requests.ConnectionError as exc:
             raise FhirUnavailable("could not reach the FHIR server") from exc
 

@@ -7,7 +7,6 @@ endpoint, never the Host header.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -16,7 +15,6 @@ from sqlalchemy import create_engine
 
 from config import Settings
 from fhir_mappings.code_maps import CodeMap
-from smartapp import program_directory
 from smartapp.cds_auth import CdsAuthError, CdsJwtVerifier, JtiStore, JwksCache
 from smartapp.cds_service import (
     FHIR_TIMEOUT_SECONDS,
@@ -44,8 +42,6 @@ class CdsEndpoints:
 def init_app(app: Flask, settings: Settings) -> None:
     if not settings.cds.enabled:
         return
-    if not program_directory.directory_loaded(app):
-        program_directory.init_app(app, settings)  # the cards need it; load it once if not yet
     engine = create_engine(settings.database_url)
     app.extensions[_EXTENSION] = CdsEndpoints(
         public_url=settings.app.public_url,
@@ -53,8 +49,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         service=PatientViewService(
             launch_url=settings.launch_url,
             identifier_system=settings.referrals.identifier_system,
-            directory=current_directory,
-            code_map=_default_code_map,
+            directory=current_directory,  # loaded by program_directory.init_app
+            code_map=CodeMap.load_default,  # cached; loaded on the first card request
             source_url=settings.app.public_url,
             page_size=settings.fhir.page_size,
             fhir_timeout=min(settings.fhir.timeout_seconds, FHIR_TIMEOUT_SECONDS),
@@ -63,11 +59,6 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     csrf.exempt(bp)  # server-to-server JSON authenticated by the EHR's JWT, not a browser form
     app.register_blueprint(bp)
-
-
-@functools.cache
-def _default_code_map() -> CodeMap:
-    return CodeMap.load_default()  # loaded on the first card request, so discovery never waits
 
 
 def _endpoints() -> CdsEndpoints:

@@ -178,8 +178,8 @@ class CdsJwtVerifier:
         if aud != audience and aud != [audience]:
             raise CdsAuthError("aud is not this endpoint")
         now = self.clock()
-        exp, iat = claims.get("exp"), claims.get("iat")
-        if not _number(exp) or not _number(iat):
+        exp, iat = _seconds(claims.get("exp")), _seconds(claims.get("iat"))
+        if exp is None or iat is None:
             raise CdsAuthError("exp and iat are required numbers")
         if exp < now - CLOCK_LEEWAY_SECONDS:
             raise CdsAuthError("expired")
@@ -188,7 +188,7 @@ class CdsJwtVerifier:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > 200:
             raise CdsAuthError("jti missing")
-        if not self.jti_store.first_use(client.iss, jti, float(exp) + CLOCK_LEEWAY_SECONDS):
+        if not self.jti_store.first_use(client.iss, jti, exp + CLOCK_LEEWAY_SECONDS):
             raise CdsAuthError("jti replayed")
         return VerifiedCall(iss=client.iss, jti=jti, subject=str(claims.get("sub", "")))
 
@@ -205,5 +205,7 @@ def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return dict(compact.protected), claims
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None

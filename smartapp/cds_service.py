@@ -340,8 +340,8 @@ class FeedbackStore:
 def _feedback_items(body: object) -> list[dict[str, Any]]:
     if not isinstance(body, dict) or not isinstance(body.get("feedback"), list):
         raise CdsRequestError("feedback must be a list")
-    items = body["feedback"]
-    if not all(isinstance(item, dict) for item in items):
+    items = [item for item in body["feedback"] if isinstance(item, dict)]
+    if len(items) != len(body["feedback"]):
         raise CdsRequestError("each feedback item must be an object")
     return items
 

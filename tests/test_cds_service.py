@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import jsonschema
@@ -14,8 +14,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from config.settings import DEFAULT_DIRECTORY
+from fhir_mappings.code_maps import CodeMap
+from fhir_mappings.directory import load_directory_file
+from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient
-from smartapp.cds_service import FeedbackStore, PatientViewService
+from smartapp.cds_service import FeedbackStore, PatientViewRequest, PatientViewService
+from smartapp.suggestions import Directory, suggest_programs
 from tests.cds_support import (
     DISCOVERY_URL,
     FEEDBACK_URL,
@@ -114,9 +119,7 @@ def jwks(keys: dict[str, Any]) -> Iterator[JwksServer]:
 
 
 @pytest.fixture(scope="module")
-def app(
-    jwks: JwksServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
-) -> Flask:
+def app(jwks: JwksServer, sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Flask:
     return cds_app(jwks.url("trusted"), tmp_path_factory.mktemp("cds"), fhir_base=sandbox.fhir_base)
 
 
@@ -395,10 +398,55 @@ def test_malformed_feedback_is_a_400_and_records_nothing(
     assert len(store.outcomes()) == before
 
 
-def test_feedback_store_works_on_a_fresh_database(tmp_path: Path) -> None:
-    from sqlalchemy import create_engine
+# -- the service without HTTP ---------------------------------------------------------------------
 
-    store = FeedbackStore(create_engine(f"sqlite:///{tmp_path / 'f.sqlite3'}"))
-    body = {"feedback": [{"card": "c", "outcome": "accepted", "outcomeTimestamp": "t"}]}
-    assert store.record(PatientViewService.id, body) == 1
-    assert store.outcomes()[0]["service_id"] == "peerbridge-peer-support"
+
+def _service(programs: list[Program]) -> PatientViewService:
+    directory = Directory.build(programs)
+    return PatientViewService(
+        launch_url=f"{PUBLIC_URL}/launch",
+        identifier_system=IDENTIFIER_SYSTEM,
+        directory=lambda: directory,
+        code_map=CodeMap.load_default,
+    )
+
+
+def _matching_program(sandbox: Sandbox, fhir: FhirClient) -> Program:
+    """A program the engine suggests for PATIENT from the curated directory."""
+    service = _service(load_directory_file(DEFAULT_DIRECTORY))
+    chart = service.chart(PatientViewRequest.parse(_body(sandbox, _full_prefetch(fhir))))
+    result = suggest_programs(
+        chart.patient,
+        chart.conditions,
+        Directory.build(load_directory_file(DEFAULT_DIRECTORY)),
+        CodeMap.load_default(),
+    )
+    return result.suggestions[0].program
+
+
+def test_no_card_when_no_program_in_the_directory_matches(
+    sandbox: Sandbox, fhir: FhirClient
+) -> None:
+    match = _matching_program(sandbox, fhir)
+    elsewhere = replace(match, id="elsewhere", needs=frozenset({"no-such-need"}))
+    assert _service([elsewhere]).cards(_body(sandbox, _full_prefetch(fhir))) == []
+    assert len(_service([match]).cards(_body(sandbox, _full_prefetch(fhir)))) == 1
+
+
+def test_the_summary_stays_under_140_characters_and_names_are_not_markdown(
+    sandbox: Sandbox, fhir: FhirClient
+) -> None:
+    long_name = "[Click](http://evil.test) " + "Very Long Program Name " * 10
+    program = replace(_matching_program(sandbox, fhir), name=long_name)
+    [card] = _service([program]).cards(_body(sandbox, _full_prefetch(fhir)))
+    jsonschema.validate(card, CARD_SCHEMA)
+    assert len(card["summary"]) < 140
+    assert "[Click](http://evil.test)" not in card["detail"]
+    assert "\\[Click\\](http://evil.test)" in card["detail"]  # shown as text, not a link
+
+
+def test_no_card_for_a_deceased_patient(sandbox: Sandbox, fhir: FhirClient) -> None:
+    prefetch = _full_prefetch(fhir)
+    prefetch["patient"] = {**prefetch["patient"], "deceasedBoolean": True}
+    service = _service(load_directory_file(DEFAULT_DIRECTORY))
+    assert service.cards(_body(sandbox, prefetch)) == []

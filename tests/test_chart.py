@@ -245,7 +245,7 @@ def test_without_text_the_first_display_then_the_code_names_the_condition() -> N
         (condition(codes=None, text=None), "neither a code nor text"),
         (condition(code=["not", "a", "concept"]), "code is not a CodeableConcept"),
         (condition(code={"coding": "E11.9"}), "code.coding is not a list"),
-        (condition(category={"coding": []}), "category is not a list"),
+        ({**condition(), "category": {"coding": []}}, "category is not a list"),
         (condition(clinicalStatus="active"), "clinicalStatus is not a CodeableConcept"),
         ("not even an object", "not a JSON object"),
     ],

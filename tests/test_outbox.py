@@ -5,6 +5,7 @@ senders; every submission ends as exactly one ServiceRequest and one Task."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from config.settings import ReferralSettings
 from fhir_mappings.domain import Program, Referral
 from fhir_mappings.fhir_client import FhirClient
 from fhir_mappings.referral import referral_transaction
-from smartapp.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox
+from smartapp.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, RetryWorker
 from smartapp.referral_service import Actor, ReferralService
 from tests.conftest import SUBSPECIALIST, Sandbox
 
@@ -418,3 +419,26 @@ def test_a_storm_of_faults_ends_with_one_referral_per_submission(
         (i, in_ehr(client, "ServiceRequest", i), in_ehr(client, "Task", i)) for i in identifiers
     ]
     assert pairs == [(i, 1, 1) for i in identifiers]
+
+
+def test_the_background_worker_sends_what_the_submit_could_not(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    client = make_client(sandbox)
+    outbox = Outbox(f"sqlite:///{tmp_path / 'bg.sqlite3'}", retry_base_seconds=0.0)
+    identifier = str(uuid.uuid4())
+    bundle = referral_transaction(make_referral(identifier), identifier_system=SYSTEM)
+    key = f"{identifier}:create"
+    outbox.enqueue(key=key, identifier=identifier, action="create", bundle=bundle, handle="h")
+    sandbox.inject_fault("500", method="POST", path="/fhir", count=1)
+    assert outbox.send(key, client).status == PENDING
+    worker = RetryWorker(lambda: outbox.drain(lambda handle: client), interval=0.05)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while outbox.get(key).status != CONFIRMED and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert outbox.get(key).status == CONFIRMED  # type: ignore[union-attr]
+    assert_exactly_one(client, identifier)

@@ -291,6 +291,16 @@ def test_unmapped_conditions_get_a_directory_search_and_markup_is_escaped(app: F
     assert "/l/h123/programs?q=Rare" in html
 
 
+def test_a_contact_website_that_is_not_a_web_address_is_never_linked(app: Flask) -> None:
+    hostile = Program(
+        **{**PHONE_ES.__dict__, "contact": Contact(website="javascript:alert(1)")}  # type: ignore[arg-type]
+    )
+    result = SuggestionResult(
+        (_suggestion(hostile, Reason("need", True, "Type 2 diabetes (E11.9)")),), (), ()
+    )
+    assert "javascript:" not in render_patient_page(app, result=result)
+
+
 def test_resource_problems_are_shown(app: Flask) -> None:
     html = render_patient_page(app)
     assert "Condition/adult-t2dm-es-c7: has no code or text" in html

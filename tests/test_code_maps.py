@@ -1,0 +1,200 @@
+"""The need taxonomy and the ConceptMaps from ICD-10-CM and SNOMED CT to needs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import simple_icd_10_cm as icd
+from fhir.resources.R4B.codesystem import CodeSystem
+from fhir.resources.R4B.conceptmap import ConceptMap
+
+from fhir_mappings.code_maps import (
+    NEEDS_FILE,
+    CodeMap,
+    CodeMapError,
+    language_name,
+    us_state_code,
+    us_state_name,
+)
+from fhir_mappings.domain import ICD10CM, SNOMED, CodedCondition, Coding
+
+CODE_MAP = CodeMap.load_default()
+
+
+def icd10(code: str) -> frozenset[str]:
+    return CODE_MAP.needs_for(Coding(ICD10CM, code))
+
+
+def snomed(code: str) -> frozenset[str]:
+    return CODE_MAP.needs_for(Coding(SNOMED, code))
+
+
+def test_every_concept_map_is_a_valid_r4b_concept_map() -> None:
+    maps = CODE_MAP.concept_maps()
+    assert {m["id"] for m in maps} == {"icd10cm-to-needs", "snomed-to-needs"}
+    for concept_map in maps:
+        ConceptMap.model_validate(concept_map)
+
+
+def test_the_need_code_system_is_a_valid_r4b_code_system() -> None:
+    CodeSystem.model_validate(json.loads(NEEDS_FILE.read_text(encoding="utf-8")))
+
+
+def test_every_icd_source_is_a_code_or_range_in_the_cms_code_set() -> None:
+    [icd_map] = [m for m in CODE_MAP.concept_maps() if m["id"] == "icd10cm-to-needs"]
+    for element in icd_map["group"][0]["element"]:
+        for end in element["code"].split("-"):
+            assert icd.is_valid_item(end), element["code"]
+
+
+def test_every_target_is_a_need_in_the_code_system() -> None:
+    known = {n.code for n in CODE_MAP.all_needs()}
+    for concept_map in CODE_MAP.concept_maps():
+        for element in concept_map["group"][0]["element"]:
+            for target in element["target"]:
+                assert target["code"] in known
+                assert target["display"] == CODE_MAP.need(target["code"]).display
+
+
+def test_every_need_except_the_family_rule_is_reachable_from_some_code() -> None:
+    reachable = {
+        t["code"]
+        for m in CODE_MAP.concept_maps()
+        for e in m["group"][0]["element"]
+        for t in e["target"]
+        if t["equivalence"] != "disjoint"
+    }
+    assert {n.code for n in CODE_MAP.all_needs()} == reachable
+
+
+@pytest.mark.parametrize(
+    ("code", "needs"),
+    [
+        ("E11.9", {"diabetes"}),  # inside the E08-E13 range
+        ("E13.10", {"diabetes"}),  # the range's last category, a descendant of it
+        ("E08.00", {"diabetes"}),  # the range's first category
+        ("C50.911", {"cancer", "breast-ovarian-cancer"}),  # range C00-C96 plus category C50
+        ("C83.30", {"cancer", "blood-cancer"}),
+        ("D05.10", {"cancer", "breast-ovarian-cancer"}),
+        ("Z68.41", {"weight"}),  # subcategory range Z68.30-Z68.45
+        ("Q23.4", {"congenital-heart", "cshcn"}),  # Q20-Q28 and chapter range Q00-QA0
+        ("QA0", {"cshcn"}),  # FY2026 ends chapter 17 at QA0
+        ("T86.11", {"transplant", "transplant-rejection"}),  # issue level, from T86
+        ("Z93.1", {"feeding-tube", "technology-dependence"}),
+        ("Z63.6", {"caregiver-stress"}),
+        ("Z60.2", {"social-isolation"}),
+        ("F84.0", {"autism", "developmental-disability"}),
+        ("P07.35", {"prematurity"}),
+    ],
+)
+def test_icd_codes_map_through_their_ancestors_and_ranges(code: str, needs: set[str]) -> None:
+    assert icd10(code) == needs
+
+
+@pytest.mark.parametrize(
+    ("code", "absent"),
+    [
+        ("E13.9", None),  # control: inside the range
+        ("E14", "diabetes"),  # not a code; E14 is outside E08-E13 anyway
+        ("D12.0", "cancer"),  # benign neoplasms D10-D36 are not cancer
+        ("D36.9", "cancer"),
+        ("Z68.29", "weight"),  # BMI 29, just below the Z68.30 range
+        ("Z68.51", "weight"),  # pediatric BMI below the 5th percentile
+        ("E78.5", "rare-disease"),  # hyperlipidaemia sits in E70-E88 but is not rare
+    ],
+)
+def test_codes_just_outside_a_range_do_not_match(code: str, absent: str | None) -> None:
+    if absent is None:
+        assert icd10(code) == {"diabetes"}
+    else:
+        assert absent not in icd10(code)
+
+
+def test_a_narrower_disjoint_entry_takes_a_need_out_of_a_wider_range() -> None:
+    assert icd10("F10.20") == {"substance-use"}
+    assert icd10("F11.20") == {"substance-use"}
+    assert icd10("F17.210") == frozenset()  # nicotine: F17 is disjoint from substance use
+    assert icd10("O03.9") == {"pregnancy-loss"}  # miscarriage is not "new parenthood"
+    assert icd10("O80") == {"pregnancy"}
+
+
+def test_codes_are_accepted_with_or_without_the_dot_and_in_any_case() -> None:
+    assert icd10("E119") == icd10("E11.9") == icd10(" e11.9 ") == {"diabetes"}
+
+
+def test_a_code_newer_than_the_code_set_falls_back_to_its_nearest_known_ancestor() -> None:
+    assert icd10("E11.9X") == {"diabetes"}
+
+
+@pytest.mark.parametrize("code", ["", "XYZ", "4", "E08-E13", "R51.9", "J18.9", "I10"])
+def test_unknown_chapter_block_and_unmapped_codes_give_no_needs(code: str) -> None:
+    assert icd10(code) == frozenset()
+
+
+def test_snomed_concepts_map_one_by_one() -> None:
+    assert snomed("22298006") == {"cardiac"}
+    assert snomed("35919005") == {"autism", "developmental-disability"}
+    assert snomed("422650009") == {"social-isolation"}
+    assert snomed("300979000") == {"caregiver-stress"}
+    assert snomed("404684003") == frozenset()  # "clinical finding": no hierarchy offline
+
+
+def test_a_code_from_another_system_gives_no_needs() -> None:
+    assert CODE_MAP.needs_for(Coding("urn:oid:2.16.840.1.113883.6.96", "22298006")) == frozenset()
+
+
+def test_a_condition_unites_the_needs_of_all_its_codings() -> None:
+    condition = CodedCondition(
+        "c1",
+        "Bipolar disorder with alcohol dependence",
+        (Coding(ICD10CM, "F31.9"), Coding(SNOMED, "66590003")),
+    )
+    assert CODE_MAP.needs_of(condition) == {"serious-mental-illness", "substance-use"}
+    assert CODE_MAP.needs_of(CodedCondition("c2", "text only")) == frozenset()
+
+
+def test_needs_carry_their_level() -> None:
+    assert CODE_MAP.need("feeding-tube").level == "issue"
+    assert CODE_MAP.need("congenital-heart").level == "diagnosis"
+    with pytest.raises(KeyError):
+        CODE_MAP.need("no-such-need")
+
+
+def test_concept_maps_are_copies_callers_cannot_corrupt() -> None:
+    maps = CODE_MAP.concept_maps()
+    maps[0]["group"][0]["element"].clear()
+    assert CODE_MAP.concept_maps()[0]["group"][0]["element"]
+
+
+def _one_element_map(source: str, target: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ConceptMap",
+        "group": [
+            {
+                "source": ICD10CM,
+                "element": [{"code": source, "target": [{"code": target, "equivalence": "wider"}]}],
+            }
+        ],
+    }
+
+
+def test_a_concept_map_naming_an_unknown_need_is_refused() -> None:
+    needs = json.loads(NEEDS_FILE.read_text(encoding="utf-8"))
+    with pytest.raises(CodeMapError, match="unknown need"):
+        CodeMap(needs, [_one_element_map("E11", "no-such-need")])
+
+
+def test_a_concept_map_naming_an_unknown_icd_code_is_refused() -> None:
+    needs = json.loads(NEEDS_FILE.read_text(encoding="utf-8"))
+    with pytest.raises(CodeMapError, match="not an ICD-10-CM code"):
+        CodeMap(needs, [_one_element_map("E99.99", "diabetes")])
+
+
+def test_state_and_language_names() -> None:
+    assert us_state_name("MT") == "Montana"
+    assert us_state_code("new york") == "NY"
+    assert us_state_code("Narnia") == ""
+    assert language_name("es-MX") == "Spanish"
+    assert language_name("xx") == "xx"

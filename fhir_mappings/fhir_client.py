@@ -231,9 +231,7 @@ def _json_or_none(response: requests.Response) -> Resource | None:
     return body if isinstance(body, dict) else None
 
 
-def _error_for(
-    response: requests.Response, method: str, url: str, base_url: str = ""
-) -> FhirError:
+def _error_for(response: requests.Response, method: str, url: str, base_url: str = "") -> FhirError:
     outcome = _json_or_none(response)
     detail = ""
     if outcome and outcome.get("resourceType") == "OperationOutcome":

@@ -19,6 +19,7 @@ from joserfc import jws
 from joserfc.jwk import ECKey
 from joserfc.util import urlsafe_b64encode
 
+from config import SettingsError, load_settings
 from tests.cds_support import (
     DISCOVERY_URL,
     FEEDBACK_URL,
@@ -251,3 +252,16 @@ def test_tokens_never_reach_the_logs(
     for token in (good, bad):
         assert token not in logged
         assert token.split(".")[2] not in logged
+
+
+def test_trusted_clients_come_from_the_environment_with_an_optional_jku_allowlist() -> None:
+    listed = [
+        {"iss": "https://a.test", "jwks_url": "https://a.test/jwks"},
+        {"iss": "https://b.test", "jwks_url": "https://b.test/k1", "jku": ["https://b.test/k2"]},
+    ]
+    settings = load_settings(environ={"PEERBRIDGE_CDS_TRUSTED_CLIENTS": json.dumps(listed)})
+    first, second = settings.cds.trusted_clients
+    assert first.allowed_jkus == ("https://a.test/jwks",)
+    assert second.allowed_jkus == ("https://b.test/k2",)
+    with pytest.raises(SettingsError, match=r"cds\.trusted_clients"):
+        load_settings(environ={"PEERBRIDGE_CDS_TRUSTED_CLIENTS": '[{"iss": "x"}]'})

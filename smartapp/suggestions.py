@@ -65,6 +65,8 @@ PEDIATRIC_CHRONIC_NEEDS = frozenset(
 CAREGIVER_NEEDS = frozenset(
     {"dementia", "transplant", "transplant-rejection", "stroke", "paralysis", "cancer"}
 )
+# Needs the patient has as a parent (pregnancy, loss of a baby or child): parent programs fit.
+PARENT_NEEDS = frozenset({"pregnancy", "pregnancy-loss", "perinatal-mental-health", "bereavement"})
 # Needs the patient has *as* a family member: caregiver and family programs serve them.
 FAMILY_MEMBER_NEEDS = frozenset({"family-substance-use", "caregiver-stress", "bereavement"})
 # A program with one of these needs serves only people who have it (veterans, people leaving
@@ -267,6 +269,7 @@ def _hard_rules(
         and not view.supports
         and "parent" in program.supports
         and not program.supports & {"patient", "caregiver"}
+        and not PARENT_NEEDS.intersection(matched)
     ):
         # A program only for parents (and their families) is about a child.
         reasons.append(Reason("supports", False, f"For parents of children; patient is {view.age}"))
@@ -366,7 +369,9 @@ def _suggestion(
 def _need_weight(need: str, directory: Directory, code_map: CodeMap) -> float:
     if need == CSHCN:
         return W_CSHCN
-    if code_map.need(need).level == "issue":
+    # Eligibility needs (military, re-entry) are issue level, but a program kept for that
+    # community is as specific a fit as a diagnosis-level one.
+    if code_map.need(need).level == "issue" and need not in ELIGIBILITY_NEEDS:
         return W_ISSUE
     return W_DIAGNOSIS + W_RARITY / max(1, len(directory.with_need(need)))
 
@@ -392,6 +397,8 @@ def _recipients(needs: list[str], view: _PatientView) -> tuple[frozenset[str], f
     if view.age < ADULT_AGE:
         others = {"patient"} if view.age >= TEEN_AGE else set()
         return frozenset({"parent", "family"}), frozenset(others)
+    if PARENT_NEEDS.intersection(needs):
+        return frozenset({"patient", "parent"}), frozenset({"family"})
     if FAMILY_MEMBER_NEEDS.intersection(needs):
         return frozenset({"caregiver", "family"}), frozenset({"patient"})
     if "dementia" in needs:

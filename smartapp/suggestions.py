@@ -34,6 +34,7 @@ from fhir_mappings.domain import (
 ADULT_AGE = 18
 TEEN_AGE = 13  # from here a young patient may join a youth peer program as themselves
 CSHCN = "cshcn"
+BEREAVEMENT = "bereavement"
 # Needs that make a child's condition a "special health care need" for the family.
 PEDIATRIC_CHRONIC_NEEDS = frozenset(
     {
@@ -172,6 +173,7 @@ class _PatientView:
     modes: frozenset[str]
     mode_reason: str  # why modes are wanted: "", "preferred", "rural"
     supports: frozenset[str] | None  # the social worker's choice, if any
+    deceased: bool = False
 
 
 def suggest_programs(
@@ -188,6 +190,14 @@ def suggest_programs(
     """Rank the programs that fit the patient's needs; list hard-rule exclusions apart."""
     age = patient.age_on(today or date.today())
     need_conditions, unmapped = _needs_by_condition(conditions, code_map, age)
+    supports = prefs.supports or None
+    standalone: dict[str, Reason] = {}
+    if patient.deceased:
+        # Programs for the patient's conditions no longer fit; the family may want peers
+        # who lost someone too.
+        need_conditions = {BEREAVEMENT: []}
+        standalone[BEREAVEMENT] = Reason("need", True, "The patient has died: support for family")
+        supports = supports or frozenset({"parent", "caregiver", "family"})
     wanted_modes, mode_reason = prefs.modes, "preferred" if prefs.modes else ""
     if not wanted_modes and patient.address.rural:
         wanted_modes, mode_reason = REMOTE_MODES, "rural"
@@ -196,7 +206,8 @@ def suggest_programs(
         language=(prefs.language or patient.language).split("-")[0].lower(),
         modes=frozenset(wanted_modes),
         mode_reason=mode_reason,
-        supports=prefs.supports or None,
+        supports=supports,
+        deceased=patient.deceased,
     )
     candidates: dict[str, Program] = {}
     for need in need_conditions:
@@ -206,13 +217,14 @@ def suggest_programs(
     suggestions: list[Suggestion] = []
     exclusions: list[Exclusion] = []
     weights = {need: _need_weight(need, directory, code_map) for need in need_conditions}
+    fit = _Fit.of(conditions, need_conditions, weights, standalone)
     for program in candidates.values():
         matched = sorted(program.needs & need_conditions.keys())
         hard = _hard_rules(program, patient, view, matched, code_map)
         if any(not r.matched for r in hard):
             exclusions.append(Exclusion(program, tuple(r for r in hard if not r.matched)))
             continue
-        suggestions.append(_suggestion(program, matched, need_conditions, hard, view, weights))
+        suggestions.append(_suggestion(program, matched, fit, hard, view))
 
     suggestions.sort(key=lambda s: (-s.score, s.program.id))
     exclusions.sort(key=lambda e: e.program.id)
@@ -273,7 +285,8 @@ def _hard_rules(
     ):
         # A program only for parents (and their families) is about a child.
         reasons.append(Reason("supports", False, f"For parents of children; patient is {view.age}"))
-    if program.min_age is not None or program.max_age is not None:
+    # Once the patient has died the program serves the family, not someone of the patient's age.
+    if (program.min_age is not None or program.max_age is not None) and not view.deceased:
         band = _age_band(program.min_age, program.max_age)
         if view.age is None:
             reasons.append(Reason("age", True, f"{band} (patient's age not recorded)"))
@@ -317,27 +330,66 @@ def _coverage_words(program: Program) -> str:
 
 
 # -- ranking -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Fit:
+    """Per-call lookups so each program costs set operations, not scans of the conditions."""
+
+    weights: dict[str, float]
+    condition_ids: dict[str, frozenset[str]]  # need -> ids of the conditions that bring it
+    ranked: dict[str, tuple[str, ...]]  # condition id -> its needs, best-fitting first
+    position: dict[str, int]  # condition id -> place in the chart
+    by_id: dict[str, CodedCondition]
+    reason: dict[str, Reason]  # condition id -> its need reason
+    standalone: dict[str, Reason]  # needs that come from no condition, and why
+
+    @classmethod
+    def of(
+        cls,
+        conditions: Sequence[CodedCondition],
+        need_conditions: dict[str, list[CodedCondition]],
+        weights: dict[str, float],
+        standalone: dict[str, Reason],
+    ) -> _Fit:
+        needs_of: dict[str, list[str]] = {}
+        for need, found in need_conditions.items():
+            for condition in found:
+                needs_of.setdefault(condition.id, []).append(need)
+        by_id = {c.id: c for c in conditions if c.id in needs_of}
+        return cls(
+            weights=weights,
+            condition_ids={n: frozenset(c.id for c in cs) for n, cs in need_conditions.items()},
+            ranked={
+                cid: tuple(sorted(ns, key=lambda n: (weights[n], n), reverse=True))
+                for cid, ns in needs_of.items()
+            },
+            position={c.id: i for i, c in enumerate(conditions)},
+            by_id=by_id,
+            reason={cid: Reason("need", True, c.label, (cid,)) for cid, c in by_id.items()},
+            standalone=standalone,
+        )
+
+
 def _suggestion(
     program: Program,
     matched: list[str],
-    need_conditions: dict[str, list[CodedCondition]],
+    fit: _Fit,
     hard: list[Reason],
     view: _PatientView,
-    weights: dict[str, float],
 ) -> Suggestion:
-    reasons: list[Reason] = []
-    conditions: dict[str, CodedCondition] = {}
-    best_needs: set[str] = set()
-    for condition_need in matched:
-        for condition in need_conditions[condition_need]:
-            conditions.setdefault(condition.id, condition)
+    ids: set[str] = set()
+    for need in matched:
+        ids |= fit.condition_ids[need]
+    ordered = sorted(ids, key=fit.position.__getitem__)
     # Each condition counts through its best-fitting need, and each need once: ten cancer
     # codes do not outweigh one heart diagnosis, nor does one code that maps to two needs.
-    for condition in conditions.values():
-        fitting = [n for n in matched if condition in need_conditions[n]]
-        best_needs.add(max(fitting, key=lambda n: (weights[n], n)))
-    score = sum(weights[n] for n in best_needs) + W_FOCUS * len(matched) / len(program.needs)
-    reasons.extend(Reason("need", True, c.label, (c.id,)) for c in conditions.values())
+    best_needs = {next(n for n in fit.ranked[cid] if n in program.needs) for cid in ordered}
+    score = sum(fit.weights[n] for n in best_needs) + W_FOCUS * len(matched) / len(program.needs)
+    reasons = [fit.reason[cid] for cid in ordered]
+    for need in matched:
+        if need in fit.standalone:
+            score += fit.weights[need]
+            reasons.append(fit.standalone[need])
+    conditions = {cid: fit.by_id[cid] for cid in ordered}
 
     support_reason, support_score = _supports(program, matched, view)
     reasons.append(support_reason)

@@ -53,8 +53,11 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float =
 # -- Redis ----------------------------------------------------------------------------------------
 @dataclass
 class RedisServer:
+    """A throwaway Redis without persistence; `stop()`/`start()` restart it on the same port."""
+
     port: int
-    process: subprocess.Popen[bytes]
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -65,32 +68,36 @@ class RedisServer:
 
         redis.Redis.from_url(self.url).flushall()
 
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.port, self.process)
+
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+        self.process = None
 
 
 def start_redis(workdir: Path) -> RedisServer:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            REDIS_SERVER,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    _wait_for_port(port, process)
-    return RedisServer(port, process)
+    server = RedisServer(free_port(), workdir)
+    server.start()
+    return server
 
 
 @pytest.fixture(scope="session", name="redis_server")
@@ -120,9 +127,7 @@ class PostgresServer:
         return f"postgresql+psycopg://{self.superuser}@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *command: str) -> None:
-        subprocess.run(
-            [*self.as_user, *command], check=True, stdout=subprocess.DEVNULL, timeout=60
-        )
+        subprocess.run([*self.as_user, *command], check=True, stdout=subprocess.DEVNULL, timeout=60)
 
     def start(self) -> None:
         self.process = subprocess.Popen(

@@ -160,6 +160,19 @@ def test_problems_are_passed_through_for_the_page_to_show() -> None:
     assert result.suggestions == ()
 
 
+def test_after_the_patients_death_only_bereavement_support_for_the_family_is_offered() -> None:
+    programs = [
+        program("hlhs-parents", {"congenital-heart"}, supports={"parent"}),
+        program("bereaved-parents", {"bereavement"}, supports={"parent", "family"}, min_age=18),
+    ]
+    result = run(person(1, deceased=True), [HLHS], programs)
+    assert ids(result) == ["bereaved-parents"]
+    assert ("need", True, "The patient has died: support for family") in reasons(
+        result, "bereaved-parents"
+    )
+    assert result.exclusions == ()
+
+
 # -- hard rules ----------------------------------------------------------------------------------
 def test_a_program_outside_the_age_band_is_excluded_with_the_reason() -> None:
     programs = [

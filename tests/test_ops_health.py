@@ -1,0 +1,128 @@
+"""Liveness and readiness on the single-instance (SQLite) setup, and production serving: the app
+under gunicorn with JSON logs that carry a request id and never a token, code or launch handle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import requests
+from flask import Flask
+
+from smartapp import program_directory
+from smartapp.app import create_app
+from smartapp.demo import demo_wiring, free_port, gunicorn_command, wait_until_up
+from tests.conftest import ROOT, Sandbox, app_settings
+
+
+def _app(sandbox: Sandbox, tmp_path: Path) -> Flask:
+    return create_app(app_settings(sandbox, tmp_path), testing=True)
+
+
+def test_healthz_answers_while_the_process_is_alive(sandbox: Sandbox, tmp_path: Path) -> None:
+    response = _app(sandbox, tmp_path).test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz_is_200_with_each_check_when_database_sessions_and_directory_work(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    response = _app(sandbox, tmp_path).test_client().get("/readyz")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ready"
+    assert body["checks"]["database"] == {"ok": True, "backend": "sqlite"}
+    assert body["checks"]["session_store"] == {"ok": True, "backend": "sqlite"}
+    assert body["checks"]["directory"]["ok"] is True
+    assert body["checks"]["directory"]["backend"].endswith("programs")
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_readyz_is_503_when_the_session_store_file_cannot_be_opened(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    app = _app(sandbox, tmp_path)
+    store = tmp_path / "sessions.sqlite3"
+    for leftover in tmp_path.glob("sessions.sqlite3*"):
+        leftover.unlink()
+    store.mkdir()  # a directory where the database file should be: SQLite cannot open it
+    try:
+        response = app.test_client().get("/readyz")
+    finally:
+        shutil.rmtree(store)
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "not ready"
+    assert body["checks"]["session_store"] == {"ok": False, "error": "OperationalError"}
+    assert body["checks"]["database"]["ok"] is True
+    assert str(tmp_path) not in response.get_data(as_text=True)
+
+
+def test_readyz_is_503_when_the_directory_holds_no_programs(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    app = _app(sandbox, tmp_path)
+    app.extensions[program_directory.PROGRAMS_KEY] = []
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["directory"]["ok"] is False
+
+
+def test_readyz_never_shows_the_secret_key_or_the_database_url(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'outbox-with-secret-name.sqlite3'}"
+    app = create_app(app_settings(sandbox, tmp_path, app={"database_url": url}), testing=True)
+    text = app.test_client().get("/readyz").get_data(as_text=True)
+    assert "test-secret-key" not in text
+    assert "outbox-with-secret-name" not in text
+
+
+def test_under_gunicorn_logs_are_json_with_the_request_id_and_no_token_or_handle(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    port = free_port()
+    _, env = demo_wiring("127.0.0.1", int(sandbox.base_url.rsplit(":", 1)[1]), port, tmp_path)
+    env = {**os.environ, **env, "PEERBRIDGE_APP_LOG_FORMAT": "json"}
+    log_file = tmp_path / "gunicorn.log"
+    with log_file.open("wb") as log:
+        server = subprocess.Popen(
+            gunicorn_command(f"127.0.0.1:{port}", workers=1),
+            cwd=ROOT,
+            env=env,
+            stderr=log,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until_up(f"{base}/healthz", timeout=60, process=server)
+            ready = requests.get(
+                f"{base}/readyz", headers={"X-Request-Id": "req-ops-1"}, timeout=10
+            )
+            assert ready.status_code == 200, ready.text
+            assert ready.headers["X-Request-Id"] == "req-ops-1"
+            # A page under a launch handle and a callback with a code and state in its URL.
+            requests.get(f"{base}/l/secret-handle-123/patient", timeout=10)
+            requests.get(f"{base}/callback?code=secret-code-456&state=secret-state", timeout=10)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    ready_lines = [e for e in entries if e.get("route") == "/readyz"]
+    assert ready_lines and ready_lines[0]["request_id"] == "req-ops-1"
+    assert ready_lines[0]["status"] == 200
+    assert all("request_id" in e for e in entries if e.get("logger") == "peerbridge.access")
+    text = log_file.read_text(encoding="utf-8")
+    for secret in (
+        "secret-handle-123",
+        "secret-code-456",
+        "secret-state",
+        env["PEERBRIDGE_APP_SECRET_KEY"],
+    ):
+        assert secret not in text

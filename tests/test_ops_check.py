@@ -318,3 +318,12 @@ def test_an_empty_allowlist_and_public_url_fail_with_the_variable_to_set(tmp_pat
     results = check_settings(settings)
     assert {r.name for r in results if r.failed} == {"app.public_url", "smart.iss_allowlist"}
     assert "PEERBRIDGE_APP_PUBLIC_URL" in render_table(results)
+
+
+# -- the shipped profiles -----------------------------------------------------------------------
+@pytest.mark.parametrize("profile", ["epic", "oracle-health", "medplum", "hapi", "smart-launcher"])
+def test_each_vendor_profile_loads_and_names_the_ehr_to_check(profile: str) -> None:
+    settings = load_settings(profile=profile, environ={})
+    assert settings.smart.iss_allowlist
+    for iss in settings.smart.iss_allowlist:
+        assert iss.startswith("https://") or iss.startswith("http://localhost")

@@ -34,14 +34,14 @@ class CdsCallContext:
     patient_id: str
     user: str  # "Practitioner/subspecialist-1"
     fhir_base: str  # absolute FHIR base of this sandbox
-    cds_services: list[dict]  # the clients file's "cds_services" entries
+    cds_services: list[dict[str, Any]]  # the clients file's "cds_services" entries
     # Signs claims with the sandbox's CDS key (kid, alg in header);
     # jku = {base}/.well-known/cds-jwks.json
-    sign_jwt: Callable[[dict], str]
+    sign_jwt: Callable[[dict[str, Any]], str]
     # (client_id, patient_id, scope) -> token response dict, like /_admin/tokens
-    issue_token: Callable[[str, str, str], dict]
+    issue_token: Callable[[str, str, str], dict[str, Any]]
     # (relative FHIR query like "Condition?patient=x") -> Bundle dict, unauthenticated internal read
-    search: Callable[[str], dict]
+    search: Callable[[str], dict[str, Any]]
 
 
 def cards_for(ctx: CdsCallContext) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -58,7 +59,7 @@ def sandbox_command(
 
 def demo_wiring(
     host: str, ehr_port: int, app_port: int, state_dir: Path
-) -> tuple[dict, dict[str, str]]:
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The dev EHR's client registration and PeerBridge's environment for one demo."""
     ehr = f"http://{host}:{ehr_port}"
     app = f"http://{host}:{app_port}"

@@ -56,9 +56,11 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_mypy_strict_is_clean_on_the_framework_free_packages() -> None:
+def test_mypy_strict_is_clean_on_every_package() -> None:
+    # The guide asks it of launch/ and fhir_mappings/; the rest is held to it too.
+    packages = (*FRAMEWORK_FREE, "smartapp", "config", "ehr_sandbox")
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", *FRAMEWORK_FREE],
+        [sys.executable, "-m", "mypy", *packages],
         cwd=ROOT,
         capture_output=True,
         text=True,

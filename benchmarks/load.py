@@ -1,0 +1,364 @@
+"""Load benchmark (issue #8): N concurrent simulated clinicians against PeerBridge under gunicorn
+and the dev EHR, both on loopback. Each user loops: EHR launch (launch -> authorize -> callback,
+redirects followed by hand with a cookie jar), patient view, propose a referral (form + submit).
+
+Reports throughput, p50/p95/p99 per step and errors. Goal: 0 errors and patient view p95 <= 300 ms
+on a 2-core machine with 50 users for 60 s.
+
+Run: python benchmarks/load.py [--users 50] [--duration 60] [--workers 2] [--json FILE]
+
+`Stack` and `Browser` are also what benchmarks/faults.py drives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config.settings import DEFAULT_DIRECTORY  # noqa: E402
+from fhir_mappings.directory import load_directory_file  # noqa: E402
+from smartapp.demo import (  # noqa: E402
+    demo_wiring,
+    free_port,
+    gunicorn_command,
+    sandbox_command,
+    wait_until_up,
+)
+
+SEED_PATIENTS = ROOT / "ehr_sandbox" / "seed" / "02-patients.json"
+CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+IDENTIFIER = re.compile(r'id="identifier" name="identifier" type="hidden" value="([^"]*)"')
+SYSTEM = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
+USER = "Practitioner/subspecialist-1"
+
+
+class StepError(Exception):
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(f"{step}: {detail}")
+        self.step = step
+        self.detail = detail
+
+
+class Stack:
+    """The dev EHR and PeerBridge (gunicorn) on loopback, wired as `peerbridge demo` wires them."""
+
+    def __init__(self, workdir: Path, *, workers: int = 2, env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.workers = workers
+        self.extra_env = env or {}
+        self.ehr_port = free_port()
+        self.app_port = free_port()
+        self.ehr_url = f"http://127.0.0.1:{self.ehr_port}"
+        self.app_url = f"http://127.0.0.1:{self.app_port}"
+        self.fhir_base = f"{self.ehr_url}/fhir"
+        self.ehr: subprocess.Popen[bytes] | None = None
+        self.app: subprocess.Popen[bytes] | None = None
+        clients, env_ = demo_wiring("127.0.0.1", self.ehr_port, self.app_port, workdir)
+        self.clients_file = workdir / "ehr-clients.json"
+        self.clients_file.write_text(json.dumps(clients), encoding="utf-8")
+        self.env = {**os.environ, **env_, "PEERBRIDGE_APP_LOG_LEVEL": "WARNING", **self.extra_env}
+
+    def start(self) -> None:
+        self.ehr = subprocess.Popen(
+            sandbox_command(
+                host="127.0.0.1",
+                port=self.ehr_port,
+                db=self.workdir / "ehr.sqlite3",
+                clients=self.clients_file,
+                reset=True,
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "ehr.log").open("ab"),
+        )
+        wait_until_up(f"{self.fhir_base}/metadata", timeout=60, process=self.ehr)
+        self.start_app()
+
+    def start_app(self) -> None:
+        self.app = subprocess.Popen(
+            gunicorn_command(f"127.0.0.1:{self.app_port}", workers=self.workers),
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "app.log").open("ab"),
+        )
+        wait_until_up(f"{self.app_url}/healthz", timeout=60, process=self.app)
+
+    def stop_app(self) -> None:
+        if self.app is not None and self.app.poll() is None:
+            self.app.send_signal(signal.SIGTERM)
+            self.app.wait(timeout=60)
+
+    def restart_app(self) -> None:
+        self.stop_app()
+        self.start_app()
+
+    def stop(self) -> None:
+        self.stop_app()
+        if self.ehr is not None and self.ehr.poll() is None:
+            self.ehr.terminate()
+            self.ehr.wait(timeout=30)
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = requests.request(method, f"{self.ehr_url}/_admin/{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else {}
+
+    def service_requests(self, patient: str, identifier: str) -> int:
+        """How many ServiceRequests in the EHR carry this referral identifier."""
+        body = {"client_id": "peerbridge", "patient": patient, "user": USER}
+        token = self.admin("POST", "tokens", json={**body, "scope": "patient/ServiceRequest.rs"})
+        found = requests.get(
+            f"{self.fhir_base}/ServiceRequest",
+            params={"identifier": f"{SYSTEM}|{identifier}"},
+            headers={"Authorization": f"Bearer {token['access_token']}"},
+            timeout=30,
+        )
+        found.raise_for_status()
+        return len(found.json().get("entry", []))
+
+
+class Browser:
+    """One clinician's browser: a cookie jar for PeerBridge; EHR hops carry no PeerBridge cookie."""
+
+    def __init__(self, stack: Stack, patient: str, timeout: float = 30.0) -> None:
+        self.stack = stack
+        self.patient = patient
+        self.timeout = timeout
+        self.http = requests.Session()
+
+    def _get(self, step: str, url: str, expect: int) -> requests.Response:
+        try:
+            response = self.http.get(url, allow_redirects=False, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise StepError(step, type(exc).__name__) from exc
+        if response.status_code != expect:
+            raise StepError(step, f"HTTP {response.status_code}")
+        return response
+
+    def launch(self) -> str:
+        """An EHR launch from the chart; returns the launch handle."""
+        launch = self.stack.admin("POST", "launches", json={"patient": self.patient, "user": USER})[
+            "launch"
+        ]
+        query = urlencode({"iss": self.stack.fhir_base, "launch": launch})
+        start = self._get("launch", f"{self.stack.app_url}/launch?{query}", 302)
+        try:
+            ehr = requests.get(
+                start.headers["Location"], allow_redirects=False, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise StepError("launch", f"authorize {type(exc).__name__}") from exc
+        if ehr.status_code != 302:
+            raise StepError("launch", f"authorize HTTP {ehr.status_code}")
+        back = urlsplit(ehr.headers["Location"])
+        callback = self._get("launch", f"{self.stack.app_url}{back.path}?{back.query}", 302)
+        found = re.fullmatch(r"/l/([\w-]+)/patient", urlsplit(callback.headers["Location"]).path)
+        if not found:
+            raise StepError("launch", "callback did not land on the patient page")
+        return found.group(1)
+
+    def patient_view(self, handle: str) -> None:
+        self._get("patient view", f"{self.stack.app_url}/l/{handle}/patient", 200)
+
+    def referral_form(self, handle: str, program_id: str) -> dict[str, str]:
+        url = f"{self.stack.app_url}/l/{handle}/referrals/new?program={program_id}"
+        page = self._get("referral form", url, 200).text
+        token, identifier = CSRF.search(page), IDENTIFIER.search(page)
+        if not token or not identifier:
+            raise StepError("referral form", "no csrf token or identifier in the form")
+        return {
+            "csrf_token": token.group(1),
+            "identifier": identifier.group(1),
+            "program": program_id,
+            "priority": "routine",
+            "note": "load test",
+        }
+
+    def submit(self, handle: str, form: dict[str, str]) -> None:
+        try:
+            response = self.http.post(
+                f"{self.stack.app_url}/l/{handle}/referrals",
+                data=form,
+                allow_redirects=False,
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise StepError("propose referral", type(exc).__name__) from exc
+        if response.status_code != 303:
+            raise StepError("propose referral", f"HTTP {response.status_code}")
+
+
+def seed_patients() -> list[str]:
+    bundle = json.loads(SEED_PATIENTS.read_text(encoding="utf-8"))
+    return [
+        e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    ]
+
+
+def program_ids() -> list[str]:
+    return [p.id for p in load_directory_file(DEFAULT_DIRECTORY)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.errors: Counter[str] = Counter()
+        self.iterations = 0
+
+    def timed(self, step: str, call: Any, *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            result = call(*args)
+        except StepError as exc:
+            with self.lock:
+                self.errors[f"{exc.step}: {exc.detail}"] += 1
+            raise
+        elapsed = (time.perf_counter() - started) * 1000
+        with self.lock:
+            self.times[step].append(elapsed)
+        return result
+
+
+def run_user(
+    stack: Stack, recorder: Recorder, patient: str, programs: list[str], stop_at: float, n: int
+) -> None:
+    i = 0
+    while time.monotonic() < stop_at:
+        browser = Browser(stack, patient)
+        try:
+            handle = recorder.timed("launch", browser.launch)
+            recorder.timed("patient view", browser.patient_view, handle)
+            program = programs[(n + i) % len(programs)]
+            form = recorder.timed("referral form", browser.referral_form, handle, program)
+            recorder.timed("propose referral", browser.submit, handle, form)
+        except StepError:
+            time.sleep(0.2)
+        else:
+            with recorder.lock:
+                recorder.iterations += 1
+        i += 1
+
+
+def report(recorder: Recorder, seconds: float, users: int) -> dict[str, Any]:
+    steps = {}
+    total_requests = 0
+    for step in ("launch", "patient view", "referral form", "propose referral"):
+        values = recorder.times.get(step, [])
+        total_requests += len(values)
+        steps[step] = {
+            "count": len(values),
+            "p50_ms": round(percentile(values, 50), 1),
+            "p95_ms": round(percentile(values, 95), 1),
+            "p99_ms": round(percentile(values, 99), 1),
+        }
+    return {
+        "users": users,
+        "seconds": round(seconds, 1),
+        "cpus": os.cpu_count(),
+        "iterations": recorder.iterations,
+        "iterations_per_s": round(recorder.iterations / seconds, 2),
+        "steps_per_s": round(total_requests / seconds, 2),
+        "errors": sum(recorder.errors.values()),
+        "error_kinds": dict(recorder.errors),
+        "steps": steps,
+    }
+
+
+def app_warnings(log: Path) -> dict[str, int]:
+    """The app's warning and error messages by kind (its logs carry no PHI or tokens)."""
+    kinds: Counter[str] = Counter()
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("WARNING", "ERROR"):
+            kinds[str(entry.get("message", ""))[:120]] += 1
+    return dict(kinds.most_common(10))
+
+
+def print_report(result: dict[str, Any]) -> None:
+    print(
+        f"\n{result['users']} users, {result['seconds']} s, {result['cpus']} CPUs: "
+        f"{result['iterations']} iterations ({result['iterations_per_s']}/s), "
+        f"{result['steps_per_s']} steps/s, {result['errors']} errors"
+    )
+    print(f"{'step':<18}{'count':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    for step, s in result["steps"].items():
+        print(f"{step:<18}{s['count']:>7}{s['p50_ms']:>9}{s['p95_ms']:>9}{s['p99_ms']:>9}")
+    for kind, count in result["error_kinds"].items():
+        print(f"  error {kind}: {count}")
+    for message, count in result.get("app_warnings", {}).items():
+        print(f"  app log: {message} (x{count})")
+    p95 = result["steps"]["patient view"]["p95_ms"]
+    ok = result["errors"] == 0 and p95 <= 300
+    print(f"goal (0 errors, patient view p95 <= 300 ms): {'met' if ok else 'NOT met'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--json", default="", help="also write the result to this file")
+    args = parser.parse_args(argv)
+    patients = [p for p in seed_patients() if p != "adult-many-conditions"]
+    programs = program_ids()
+    with tempfile.TemporaryDirectory(prefix="pb-load-") as tmp:
+        stack = Stack(Path(tmp), workers=args.workers)
+        stack.start()
+        try:
+            recorder = Recorder()
+            started = time.monotonic()
+            stop_at = started + args.duration
+            threads = [
+                threading.Thread(
+                    target=run_user,
+                    args=(stack, recorder, patients[n % len(patients)], programs, stop_at, n),
+                    daemon=True,
+                )
+                for n in range(args.users)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            result = report(recorder, time.monotonic() - started, args.users)
+        finally:
+            stack.stop()
+        result["app_warnings"] = app_warnings(Path(tmp) / "app.log")
+    print_report(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -65,6 +65,11 @@ class Actor:
     patient_id: str = ""
     writable: frozenset[str] = frozenset()  # resource types the token may create and update
 
+    @property
+    def requester(self) -> str:
+        """The ServiceRequest requester: only a Practitioner fits US Core's requester here."""
+        return self.fhir_user if self.fhir_user.startswith("Practitioner/") else ""
+
 
 @dataclass(frozen=True)
 class Tracking:
@@ -170,7 +175,7 @@ class ReferralService:
                 condition_ids=condition_ids,
                 status="active" if self.settings.initial_status == "active" else "draft",
                 authored_on=now,
-                requester=actor.fhir_user if actor.fhir_user.startswith("Practitioner/") else "",
+                requester=actor.requester,
                 followup_due=self._due(now),
                 priority=priority,
                 note=note,
@@ -310,7 +315,7 @@ class ReferralService:
                     identifier=new_identifier,
                     program=new_program,
                     authored_on=now,
-                    requester=actor.fhir_user if "Practitioner/" in actor.fhir_user else "",
+                    requester=actor.requester,
                     followup_due=self._due(now),
                     old_sr=sr,
                 )

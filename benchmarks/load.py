@@ -5,7 +5,7 @@ redirects followed by hand with a cookie jar), patient view, propose a referral 
 Reports throughput, p50/p95/p99 per step and errors. Goal: 0 errors and patient view p95 <= 300 ms
 on a 2-core machine with 50 users for 60 s.
 
-Run: python benchmarks/load.py [--users 50] [--duration 60] [--workers 2] [--json FILE]
+Run: python benchmarks/load.py [--users 50] [--duration 60] [--workers 2] [--think 0] [--json FILE]
 
 `Stack` and `Browser` are also what benchmarks/faults.py drives.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import signal
 import statistics
@@ -74,7 +75,13 @@ class Stack:
         clients, env_ = demo_wiring("127.0.0.1", self.ehr_port, self.app_port, workdir)
         self.clients_file = workdir / "ehr-clients.json"
         self.clients_file.write_text(json.dumps(clients), encoding="utf-8")
-        self.env = {**os.environ, **env_, "PEERBRIDGE_APP_LOG_LEVEL": "WARNING", **self.extra_env}
+        self.env = {
+            **os.environ,
+            **env_,
+            "PEERBRIDGE_APP_LOG_LEVEL": "WARNING",
+            "PEERBRIDGE_APP_LOG_FORMAT": "json",
+            **self.extra_env,
+        }
 
     def start(self) -> None:
         self.ehr = subprocess.Popen(
@@ -217,6 +224,14 @@ def program_ids() -> list[str]:
     return [p.id for p in load_directory_file(DEFAULT_DIRECTORY)]
 
 
+def warm_up(stack: Stack, patients: list[str]) -> None:
+    """One launch per patient before the clock starts: the dev EHR creates its id_token signing
+    key on first use (concurrent first launches race there), and the app fills its caches."""
+    for patient in patients:
+        browser = Browser(stack, patient)
+        browser.patient_view(browser.launch())
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -247,17 +262,29 @@ class Recorder:
 
 
 def run_user(
-    stack: Stack, recorder: Recorder, patient: str, programs: list[str], stop_at: float, n: int
+    stack: Stack,
+    recorder: Recorder,
+    patient: str,
+    programs: list[str],
+    stop_at: float,
+    n: int,
+    think: float = 0.0,
 ) -> None:
+    pause = random.Random(n)
+    # Users arrive spread over one think time and pause 0.5-1.5x it, so they do not march in step.
+    time.sleep(pause.uniform(0, think))
     i = 0
     while time.monotonic() < stop_at:
         browser = Browser(stack, patient)
         try:
             handle = recorder.timed("launch", browser.launch)
             recorder.timed("patient view", browser.patient_view, handle)
+            time.sleep(think * pause.uniform(0.5, 1.5))  # the clinician reads the suggestions
             program = programs[(n + i) % len(programs)]
             form = recorder.timed("referral form", browser.referral_form, handle, program)
+            time.sleep(think * pause.uniform(0.5, 1.5))  # ... and fills in the form
             recorder.timed("propose referral", browser.submit, handle, form)
+            time.sleep(think * pause.uniform(0.5, 1.5))
         except StepError:
             time.sleep(0.2)
         else:
@@ -295,6 +322,9 @@ def app_warnings(log: Path) -> dict[str, int]:
     """The app's warning and error messages by kind (its logs carry no PHI or tokens)."""
     kinds: Counter[str] = Counter()
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if "[CRITICAL]" in line or "[ERROR]" in line:  # gunicorn's own error log
+            kinds[line.split("] ", 2)[-1][:120]] += 1
+            continue
         try:
             entry = json.loads(line)
         except ValueError:
@@ -306,7 +336,8 @@ def app_warnings(log: Path) -> dict[str, int]:
 
 def print_report(result: dict[str, Any]) -> None:
     print(
-        f"\n{result['users']} users, {result['seconds']} s, {result['cpus']} CPUs: "
+        f"\n{result['users']} users (think {result.get('think_seconds', 0)} s), "
+        f"{result['seconds']} s, {result['cpus']} CPUs: "
         f"{result['iterations']} iterations ({result['iterations_per_s']}/s), "
         f"{result['steps_per_s']} steps/s, {result['errors']} errors"
     )
@@ -327,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="seconds each user pauses after a page (0: back-to-back, a saturation test)",
+    )
     parser.add_argument("--json", default="", help="also write the result to this file")
     args = parser.parse_args(argv)
     patients = [p for p in seed_patients() if p != "adult-many-conditions"]
@@ -335,13 +372,22 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(Path(tmp), workers=args.workers)
         stack.start()
         try:
+            warm_up(stack, patients)
             recorder = Recorder()
             started = time.monotonic()
             stop_at = started + args.duration
             threads = [
                 threading.Thread(
                     target=run_user,
-                    args=(stack, recorder, patients[n % len(patients)], programs, stop_at, n),
+                    args=(
+                        stack,
+                        recorder,
+                        patients[n % len(patients)],
+                        programs,
+                        stop_at,
+                        n,
+                        args.think,
+                    ),
                     daemon=True,
                 )
                 for n in range(args.users)
@@ -351,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in threads:
                 t.join()
             result = report(recorder, time.monotonic() - started, args.users)
+            result["think_seconds"] = args.think
         finally:
             stack.stop()
         result["app_warnings"] = app_warnings(Path(tmp) / "app.log")

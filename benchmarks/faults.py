@@ -1,0 +1,194 @@
+"""Fault benchmark (issue #8): simulated clinicians propose referrals while the dev EHR times out,
+answers 500/503, drops connections and expires every token, during reads and writes, and while
+PeerBridge (gunicorn) is restarted mid-run. A clinician whose submit fails presses submit again
+(the same form, so the same referral identifier) a few times, as a person would.
+
+Afterwards, with faults cleared, it waits for the outbox to drain and counts ServiceRequests in the
+EHR by identifier. Goal: every confirmed submission is in the EHR exactly once (0 lost,
+0 duplicates), and nothing reaches the EHR twice for a submission the user never saw confirmed.
+
+Run: python benchmarks/faults.py [--users 10] [--duration 60] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from load import Browser, Stack, StepError, program_ids, seed_patients, warm_up
+
+FHIR_TIMEOUT = 2.0  # the app's per-call FHIR timeout in this run; injected timeouts exceed it
+
+
+def fault_schedule(stack: Stack) -> list[tuple[str, Any]]:
+    """(name, action) pairs applied in a cycle, a couple of seconds apart."""
+
+    def fault(kind: str, method: str, path: str, count: int, delay: float = 0.0) -> Any:
+        body = {"kind": kind, "method": method, "path": path, "count": count, "delay": delay}
+        return lambda: stack.admin("POST", "faults", json=body)
+
+    return [
+        ("timeout on reads", fault("timeout", "GET", "/fhir", 4, FHIR_TIMEOUT + 1)),
+        ("500 on writes", fault("500", "POST", "/fhir", 6)),
+        ("dropped connection on reads", fault("reset", "GET", "/fhir", 6)),
+        ("expired tokens", lambda: stack.admin("POST", "tokens/expire")),
+        ("dropped connection on writes", fault("reset", "POST", "/fhir", 6)),
+        ("503 on writes", fault("503", "POST", "/fhir", 6)),
+        ("timeout on writes", fault("timeout", "POST", "/fhir", 3, FHIR_TIMEOUT + 1)),
+        ("500 on the token endpoint", fault("500", "POST", "/auth/token", 3)),
+        ("app restart", stack.restart_app),
+    ]
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.confirmed: dict[str, str] = {}  # identifier -> patient
+        self.unconfirmed: dict[str, str] = {}
+        self.step_errors: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+
+
+def run_user(
+    stack: Stack, ledger: Ledger, patient: str, programs: list[str], stop_at: float
+) -> None:
+    n = 0
+    while time.monotonic() < stop_at:
+        n += 1
+        browser = Browser(stack, patient, timeout=20)
+        try:
+            handle = browser.launch()
+            browser.patient_view(handle)
+            form = browser.referral_form(handle, programs[n % len(programs)])
+        except StepError as exc:
+            with ledger.lock:
+                ledger.step_errors[exc.step] += 1
+            time.sleep(0.3)
+            continue
+        identifier = form["identifier"]
+        for _attempt in range(6):
+            try:
+                browser.submit(handle, form)
+            except StepError as exc:
+                with ledger.lock:
+                    ledger.step_errors[f"{exc.step} ({exc.detail})"] += 1
+                time.sleep(0.5)
+                continue
+            with ledger.lock:
+                ledger.confirmed[identifier] = patient
+            break
+        else:
+            with ledger.lock:
+                ledger.unconfirmed[identifier] = patient
+
+
+def inject(stack: Stack, ledger: Ledger, stop_at: float, every: float) -> None:
+    schedule = fault_schedule(stack)
+    i = 0
+    while time.monotonic() + every < stop_at:
+        time.sleep(every)
+        name, action = schedule[i % len(schedule)]
+        try:
+            action()
+            ledger.faults[name] += 1
+        except Exception as exc:  # a failed injection is reported, the run goes on
+            ledger.faults[f"{name} (injection failed: {type(exc).__name__})"] += 1
+        i += 1
+
+
+def count_in_ehr(stack: Stack, items: dict[str, str]) -> dict[str, int]:
+    return {identifier: stack.service_requests(p, identifier) for identifier, p in items.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--every", type=float, default=2.5, help="seconds between faults")
+    parser.add_argument("--drain-timeout", type=float, default=240.0)
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+    patients = [p for p in seed_patients() if p != "adult-many-conditions"]
+    programs = program_ids()
+    env = {
+        "PEERBRIDGE_FHIR_TIMEOUT_SECONDS": str(FHIR_TIMEOUT),
+        "PEERBRIDGE_REFERRALS_RETRY_BASE_SECONDS": "0.5",
+        "PEERBRIDGE_REFERRALS_MAX_ATTEMPTS": "30",
+    }
+    with tempfile.TemporaryDirectory(prefix="pb-faults-") as tmp:
+        stack = Stack(Path(tmp), workers=2, env=env)
+        stack.start()
+        try:
+            warm_up(stack, patients)
+            ledger = Ledger()
+            started = time.monotonic()
+            stop_at = started + args.duration
+            threads = [
+                threading.Thread(
+                    target=run_user,
+                    args=(stack, ledger, patients[n % len(patients)], programs, stop_at),
+                    daemon=True,
+                )
+                for n in range(args.users)
+            ]
+            threads.append(
+                threading.Thread(target=inject, args=(stack, ledger, stop_at, args.every))
+            )
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            stack.admin("DELETE", "faults")
+            # The outbox keeps retrying in the app's worker threads; wait until all is in.
+            drain_started = time.monotonic()
+            while True:
+                counts = count_in_ehr(stack, ledger.confirmed)
+                if all(c >= 1 for c in counts.values()):
+                    break
+                if time.monotonic() - drain_started > args.drain_timeout:
+                    break
+                time.sleep(2)
+            drained_in = time.monotonic() - drain_started
+            unconfirmed_counts = count_in_ehr(stack, ledger.unconfirmed)
+        finally:
+            stack.stop()
+    result = {
+        "users": args.users,
+        "seconds": args.duration,
+        "faults_injected": dict(ledger.faults),
+        "user_visible_errors": dict(ledger.step_errors),
+        "submissions_confirmed": len(ledger.confirmed),
+        "service_requests_for_them": sum(counts.values()),
+        "lost": sum(1 for c in counts.values() if c == 0),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "submissions_never_confirmed": len(ledger.unconfirmed),
+        "never_confirmed_but_in_ehr": sum(1 for c in unconfirmed_counts.values() if c >= 1),
+        "never_confirmed_duplicates": sum(c - 1 for c in unconfirmed_counts.values() if c > 1),
+        "drain_seconds_after_faults": round(drained_in, 1),
+    }
+    print(json.dumps(result, indent=2))
+    ok = (
+        result["lost"] == 0
+        and result["duplicates"] == 0
+        and result["never_confirmed_duplicates"] == 0
+        and result["submissions_confirmed"] == result["service_requests_for_them"]
+    )
+    print(
+        f"goal (submissions == ServiceRequests, 0 lost, 0 duplicates): {'met' if ok else 'NOT met'}"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

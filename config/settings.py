@@ -288,10 +288,9 @@ def _validate(s: Settings) -> None:
         if value not in allowed:
             raise SettingsError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
     for base in s.smart.iss_allowlist:
-        if not base.startswith(("https://", "http://")) or base.endswith("/"):
-            raise SettingsError(
-                f"smart.iss_allowlist: {base!r} must be an absolute URL, no trailing /"
-            )
+        # A trailing slash is allowed: the match is exact, and Medplum's iss carries one.
+        if not base.startswith(("https://", "http://")):
+            raise SettingsError(f"smart.iss_allowlist: {base!r} must be an absolute URL")
     if s.smart.default_iss and s.smart.default_iss not in s.smart.iss_allowlist:
         raise SettingsError("smart.default_iss: must also be listed in smart.iss_allowlist")
     if s.app.public_url.endswith("/"):

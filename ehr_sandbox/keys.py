@@ -4,6 +4,7 @@ calls."""
 from __future__ import annotations
 
 import secrets
+import threading
 from typing import Any
 
 from joserfc.jwk import ECKey, RSAKey
@@ -13,14 +14,18 @@ from ehr_sandbox.store import Store
 ID_TOKEN_ALG = "RS256"  # noqa: S105 - an algorithm name, not a secret
 CDS_ALG = "ES384"
 
+# Without it, concurrent first requests each minted a key and all but the last one's tokens failed
+# to verify ("no key with kid").
+_creating = threading.Lock()
+
 
 def _load_or_create(store: Store, name: str, make: Any) -> Any:
-    saved = store.get_record("key", name)
-    if saved is not None:
-        return (RSAKey if saved["kty"] == "RSA" else ECKey).import_key(saved)
-    key = make()
-    store.put_record("key", name, key.as_dict(private=True))
-    return key
+    with _creating:
+        saved = store.get_record("key", name)
+        if saved is None:
+            saved = make().as_dict(private=True)
+            store.put_record("key", name, saved)
+    return (RSAKey if saved["kty"] == "RSA" else ECKey).import_key(saved)
 
 
 def id_token_key(store: Store) -> RSAKey:

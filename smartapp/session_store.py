@@ -305,6 +305,11 @@ class LaunchStore:
             )
         return pending
 
+    def _openid_issuer(self, iss: str) -> str:
+        # SMART's `issuer` names the OpenID issuer; Epic's and Oracle Health's is their
+        # authorization server, not the FHIR base.
+        return self.discovery.smart_configuration(iss).issuer or iss
+
     def _launch_url(self, iss: str, launch: str) -> str:
         query = {"iss": iss, **({"launch": launch} if launch else {})}
         return f"{self.settings.launch_url}?{urlencode(query)}"
@@ -331,7 +336,7 @@ class LaunchStore:
             claims = verify_id_token(
                 token.id_token,
                 discovery=self.discovery,
-                issuer=pending.iss,
+                issuer=self._openid_issuer(pending.iss),
                 client_id=self.settings.smart.client_id,
                 nonce=pending.nonce,
             )
@@ -356,7 +361,7 @@ class LaunchStore:
             claims = verify_id_token(
                 token.id_token,
                 discovery=self.discovery,
-                issuer=iss,
+                issuer=self._openid_issuer(iss),
                 client_id=self.settings.smart.client_id,
                 nonce="",
             )

@@ -9,6 +9,10 @@ Family rule: a child (under 18) with a long-term condition brings the `cshcn` ne
 parent-to-parent programs serve, even when the diagnosis itself maps to nothing more specific;
 `cshcn` from the congenital-malformation chapter is dropped for adults (the parent-to-parent
 networks serve families of children and youth).
+
+Teen rule: a patient of 13 to 17 with a mental-health, substance-use or eating need is supported
+as themselves as much as through the parents: youth peer support (youth-run networks, youth peer
+specialists) is how that help reaches adolescents, beside the family programs.
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ FAMILY_MEMBER_NEEDS = frozenset({"family-substance-use", "caregiver-stress", "be
 # A program with one of these needs serves only people who have it (veterans, people leaving
 # prison), whatever else it lists: Fortune Society is not for every opioid patient.
 ELIGIBILITY_NEEDS = frozenset({"military", "reentry"})
+# A teenager with one of these is a first recipient of peer support too (teen rule above).
+TEEN_SELF_NEEDS = frozenset({"serious-mental-illness", "substance-use", "eating-disorder"})
 REMOTE_MODES = frozenset({"phone", "video", "online", "text"})
 NO_PREFERENCES = Preferences()
 
@@ -447,8 +453,11 @@ def _recipients(needs: list[str], view: _PatientView) -> tuple[frozenset[str], f
     if view.age is None:
         return frozenset({"patient", "parent", "caregiver", "family"}), frozenset()
     if view.age < ADULT_AGE:
-        others = {"patient"} if view.age >= TEEN_AGE else set()
-        return frozenset({"parent", "family"}), frozenset(others)
+        if view.age < TEEN_AGE:
+            return frozenset({"parent", "family"}), frozenset()
+        if TEEN_SELF_NEEDS.intersection(needs):
+            return frozenset({"parent", "family", "patient"}), frozenset()
+        return frozenset({"parent", "family"}), frozenset({"patient"})
     if PARENT_NEEDS.intersection(needs):
         return frozenset({"patient", "parent"}), frozenset({"family"})
     if FAMILY_MEMBER_NEEDS.intersection(needs):

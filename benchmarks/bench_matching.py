@@ -161,7 +161,8 @@ def main() -> int:
         )
 
     result = run(synthetic)()
-    print(f"cpu affinity: {sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    print(f"cpu affinity: {cores}")
     print(f"code map load (once per process): {load_ms:.0f} ms")
     print(
         f"patient: {len(condition_json)} Conditions, {len(conditions)} kept after status and"
@@ -171,12 +172,18 @@ def main() -> int:
         f"synthetic directory: {len(synthetic.programs)} programs;"
         f" one run gives {len(result.suggestions)} suggestions, {len(result.exclusions)} exclusions"
     )
-    print(f"index build (Directory.build): synthetic {synthetic_ms:.1f} ms, curated {curated_ms:.2f} ms")
+    print(
+        f"index build (Directory.build): synthetic {synthetic_ms:.1f} ms,"
+        f" curated {curated_ms:.2f} ms"
+    )
     print(f"{'case (runs=' + str(args.runs) + ')':<60} {'p50 ms':>8} {'p95 ms':>8}")
     cases = [
         (f"suggest_programs, synthetic directory ({len(synthetic.programs)})", run(synthetic)),
         (f"suggest_programs, curated directory ({len(curated.programs)})", run(curated)),
-        (f"chart mapping only ({len(condition_json)} Conditions)", lambda: coded_conditions(condition_json)),
+        (
+            f"chart mapping only ({len(condition_json)} Conditions)",
+            lambda: coded_conditions(condition_json),
+        ),
         ("chart mapping + suggest_programs, synthetic", chart_and_run),
     ]
     goal_p50 = 0.0
@@ -185,7 +192,9 @@ def main() -> int:
         goal_p50 = goal_p50 or p50
         print(f"{name:<60} {p50:8.2f} {p95:8.2f}")
     verdict = "met" if goal_p50 <= 5.0 else "MISSED"
-    print(f"goal p50 <= 5 ms per suggestion run (synthetic, one core): {verdict} ({goal_p50:.2f} ms)")
+    print(
+        f"goal p50 <= 5 ms per suggestion run (synthetic, one core): {verdict} ({goal_p50:.2f} ms)"
+    )
     return 0
 
 

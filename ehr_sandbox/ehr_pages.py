@@ -4,6 +4,7 @@ by the app, CDS Hooks cards) and the "Open PeerBridge" EHR launch in an iframe."
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import UTC, date, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from flask import Blueprint, abort, make_response, redirect, render_template, request
 from joserfc import jwt
+from markupsafe import Markup, escape
 from werkzeug.wrappers import Response
 
 from ehr_sandbox import cds_client
@@ -26,6 +28,31 @@ bp = Blueprint(
     "ehr", __name__, template_folder="templates", static_folder="static", static_url_path="/static"
 )
 USER_COOKIE = "ehr_user"
+
+
+@bp.app_template_filter("card_markdown")
+def card_markdown(text: str) -> Markup:
+    """The bit of CDS Hooks card markdown EHRs render (bold, bullet lines), on escaped text:
+    whatever a CDS service sends can never become markup here."""
+    html: list[str] = []
+    in_list = False
+    for line in str(escape(text)).splitlines():
+        line = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", line)
+        bullet = line.startswith(("- ", "* "))
+        if bullet and not in_list:
+            html.append("<ul>")
+        elif not bullet and in_list:
+            html.append("</ul>")
+        in_list = bullet
+        if bullet:
+            html.append(f"<li>{line[2:]}</li>")
+        elif line.strip():
+            html.append(f"<p>{line}</p>")
+    if in_list:
+        html.append("</ul>")
+    return Markup("".join(html))  # noqa: S704 - built from escaped text only
+
+
 CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; "
     "frame-src http: https:; form-action 'self'; frame-ancestors 'self'"

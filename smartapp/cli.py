@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from config import SettingsError
+from fhir_mappings.domain import MODES
+from smartapp.suggest_command import language_tag, positive_int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,19 +35,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     sandbox = sub.add_parser("sandbox", help="run the dev EHR (FHIR R4 + SMART auth server)")
     sandbox.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m ehr_sandbox")
 
-    suggest = sub.add_parser("suggest", help="suggest programs for a FHIR Bundle")
-    suggest.add_argument(
-        "--patient", default="", help="FHIR JSON file (Bundle or Patient), or id with --fhir-base"
+    suggest = sub.add_parser(
+        "suggest",
+        help="suggest programs for a FHIR Bundle (Patient + Conditions)",
+        description="Rank peer-support programs for one patient: reasons, exclusions and"
+        " unmapped conditions. JSON output: docs/suggest-json.md. Exit 2 on bad input.",
     )
-    suggest.add_argument("--bundle", default="", help="same as --patient FILE")
-    suggest.add_argument("--fhir-base", default="", help="read the chart from this FHIR server")
-    suggest.add_argument("--token", default="", help="bearer token for --fhir-base")
-    suggest.add_argument("--json", action="store_true", help="same as --format json")
-    suggest.add_argument("--limit", type=int, default=10)
+    source = suggest.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", metavar="FILE", help="searchset or collection Bundle")
+    source.add_argument("--fhir-base", metavar="URL", help="read the chart from this FHIR server")
+    suggest.add_argument(
+        "--patient", metavar="ID", default="", help="with --fhir-base, or to pick one in the Bundle"
+    )
+    suggest.add_argument(
+        "--token-file", metavar="FILE", default="", help="bearer token for --fhir-base"
+    )
     suggest.add_argument("--format", choices=("json", "text"), default="text")
-    suggest.add_argument("--language", default="")
-    suggest.add_argument("--mode", action="append", default=[])
-    suggest.add_argument("--directory", default="", help="directory Bundle (default: configured)")
+    suggest.add_argument(
+        "--language", metavar="CODE", type=language_tag, default="", help="BCP-47, e.g. es"
+    )
+    suggest.add_argument(
+        "--mode", choices=MODES, action="append", default=[], help="preferred mode (repeatable)"
+    )
+    suggest.add_argument("--directory", metavar="FILE", default="", help="default: configured")
+    suggest.add_argument("--limit", type=positive_int, default=10)
 
     directory = sub.add_parser("directory", help="validate or export the program directory")
     dsub = directory.add_subparsers(dest="directory_command", required=True)

@@ -1,81 +1,184 @@
-"""`peerbridge suggest`: ranked programs with their reasons, for a chart file or a live EHR.
+"""`peerbridge suggest`: ranked peer-support programs, with their reasons, for one patient's chart.
 
-Offline from a JSON file (a Bundle of Patient + Conditions, or a lone Patient), or online with
-`--fhir-base URL --token T --patient ID`. `--json` prints machine-readable output.
+The chart comes from a FHIR Bundle file (`--bundle`: a searchset or collection holding the Patient
+and its Conditions) or from a FHIR server (`--fhir-base URL --patient ID --token-file FILE`).
+Output is text or the JSON documented in docs/suggest-json.md. Exit codes: 0 done, 2 bad input
+or usage (one line on stderr), 1 the FHIR server failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any, TextIO
 
-from config import load_settings
+from config import Settings, SettingsError, load_settings
 from fhir_mappings.chart import Chart, ChartError, chart_from_resources, read_chart, resources_in
 from fhir_mappings.code_maps import CodeMap, language_name
-from fhir_mappings.directory import load_directory_file
-from fhir_mappings.domain import MODES, CodedCondition, Preferences, Reason, SuggestionResult
+from fhir_mappings.domain import (
+    CodedCondition,
+    Preferences,
+    Program,
+    Reason,
+    SuggestionResult,
+)
 from fhir_mappings.fhir_client import FhirClient, FhirError
-from smartapp.suggestions import Directory, suggest_programs
+
+SCHEMA = "peerbridge.suggest/1"
+BUNDLE_TYPES = ("searchset", "collection")
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 
 
-class _UsageError(Exception):
-    """The command line or its input file cannot be used; the message says why."""
+class InputError(Exception):
+    """The command line or its input cannot be used; the message (one line) says why."""
+
+
+def language_tag(value: str) -> str:
+    """argparse type for --language: a BCP-47 tag such as `es` or `es-MX`."""
+    if not _LANGUAGE_TAG.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a BCP-47 language tag (e.g. es)")
+    return value
+
+
+def positive_int(value: str) -> int:
+    """argparse type for --limit."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 1 or more")
+    return number
 
 
 def run_suggest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    prefs = Preferences(language=args.language or "", modes=frozenset(args.mode or ()))
+    today = date.today()
     try:
-        settings = load_settings()
-        chart = _chart(args, settings.fhir.page_size, settings.fhir.timeout_seconds)
-        directory_file = Path(args.directory) if args.directory else settings.directory_path
-        directory = Directory.build(load_directory_file(directory_file))
-        modes = frozenset(getattr(args, "mode", []) or [])
-        unknown = sorted(modes - set(MODES))
-        if unknown:
-            raise _UsageError(f"unknown mode {unknown[0]!r} (known: {', '.join(MODES)})")
-        prefs = Preferences(language=getattr(args, "language", "") or "", modes=modes)
+        settings = _settings(args.directory)
+        chart = _chart(args, settings)
+        # Imported here: program_directory brings Flask, which the input checks above do not need.
+        from smartapp.program_directory import build_directory, load_programs
+        from smartapp.suggestions import suggest_programs
+
+        directory = build_directory(load_programs(settings))
         result = suggest_programs(
             chart.patient,
             chart.conditions,
             directory,
             CodeMap.load_default(),
             prefs,
-            limit=getattr(args, "limit", 10),
+            today=today,
+            limit=args.limit,
             problems=chart.problems,
         )
-    except (_UsageError, ChartError, FhirError, OSError, ValueError) as exc:
-        # ValueError covers bad JSON and directory files; every message here is for people.
-        print(f"peerbridge suggest: {exc}", file=sys.stderr)
-        return 1
-    if getattr(args, "json", False) or getattr(args, "format", "text") == "json":
-        json.dump(result_as_json(chart, result), out, indent=2, ensure_ascii=False)
+    except (InputError, ChartError, SettingsError) as exc:
+        return _fail(exc, EXIT_BAD_INPUT)
+    except FhirError as exc:
+        return _fail(exc, EXIT_FAILED)
+    if args.format == "json":
+        json.dump(result_as_json(chart, result, prefs, today), out, indent=2, ensure_ascii=False)
         out.write("\n")
     else:
         out.write(result_as_text(chart, result))
-    return 0
+    return EXIT_OK
 
 
-def _chart(args: argparse.Namespace, page_size: int, timeout: float) -> Chart:
-    source = getattr(args, "patient", "") or getattr(args, "bundle", "")
-    if not source:
-        raise _UsageError("give --patient FILE, or --fhir-base URL --token T --patient ID")
-    if getattr(args, "fhir_base", ""):
-        token = args.token or None
-        client = FhirClient(args.fhir_base, token=lambda: token, timeout=timeout)
-        return read_chart(client, source, page_size=page_size)
-    path = Path(source)
-    if not path.is_file():
-        raise _UsageError(f"{source}: no such file (use --fhir-base to read a patient by id)")
+def _fail(exc: Exception, code: int) -> int:
+    message = " ".join(str(exc).split())  # one line, whatever the cause put in it
+    print(f"peerbridge suggest: {message}", file=sys.stderr)
+    return code
+
+
+def _settings(directory_file: str) -> Settings:
+    if not directory_file:
+        return load_settings()
+    return load_settings(overrides={"directory": {"source": "file", "path": directory_file}})
+
+
+def _chart(args: argparse.Namespace, settings: Settings) -> Chart:
+    if args.fhir_base:
+        if not args.patient:
+            raise InputError("--fhir-base needs --patient ID")
+        token = _token(args.token_file)
+        client = FhirClient(
+            args.fhir_base, token=lambda: token, timeout=settings.fhir.timeout_seconds
+        )
+        return read_chart(client, args.patient, page_size=settings.fhir.page_size)
+    if args.token_file:
+        raise InputError("--token-file goes with --fhir-base")
+    return read_bundle_file(Path(args.bundle), args.patient or None)
+
+
+def _token(token_file: str) -> str | None:
+    """The bearer token from a file: on the command line it would show in `ps`."""
+    if not token_file:
+        return None
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InputError(f"{token_file}: cannot read the token file ({exc.strerror})") from exc
+    if not token:
+        raise InputError(f"{token_file}: the token file is empty")
+    return token
+
+
+def read_bundle_file(path: Path, patient_id: str | None = None) -> Chart:
+    """The chart in a searchset or collection Bundle file; `InputError` says what is wrong.
+
+    With several Patients in the Bundle, `patient_id` picks one; their other Conditions are
+    reported as problems by the chart reader.
+    """
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not JSON (not UTF-8 text)") from exc
     except json.JSONDecodeError as exc:
-        raise _UsageError(f"{source}: not JSON ({exc.msg}, line {exc.lineno})") from exc
-    if not isinstance(document, dict):
-        raise _UsageError(f"{source}: expected a FHIR resource or Bundle")
-    return chart_from_resources(resources_in(document))
+        raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        found = document.get("resourceType") if isinstance(document, dict) else None
+        what = f"a {found}" if isinstance(found, str) else "no resourceType"
+        raise InputError(f"{path}: not a FHIR Bundle ({what})")
+    if document.get("type") not in BUNDLE_TYPES:
+        raise InputError(
+            f"{path}: Bundle type {document.get('type')!r}; give a searchset or collection"
+        )
+    resources = resources_in(document)
+    patients = [r.get("id") for r in resources if r.get("resourceType") == "Patient"]
+    if not patients:
+        raise InputError(f"{path}: no Patient in the Bundle")
+    if patient_id is None and len(patients) > 1:
+        raise InputError(f"{path}: {len(patients)} Patients in the Bundle; pick one with --patient")
+    if patient_id is not None and patient_id not in patients:
+        raise InputError(f"{path}: no Patient {patient_id} in the Bundle")
+    return chart_from_resources(resources, patient_id)
+
+
+# -- output ------------------------------------------------------------------------------------
+def _program_json(program: Program) -> dict[str, Any]:
+    contact = program.contact
+    return {
+        "id": program.id,
+        "name": program.name,
+        "organization": program.organization,
+        "referral_methods": list(program.referral_methods),
+        "contact": {
+            "phone": contact.phone,
+            "website": contact.website,
+            "email": contact.email,
+            "referral_url": contact.referral_url,
+        },
+    }
 
 
 def _reason_json(reason: Reason) -> dict[str, Any]:
@@ -91,31 +194,39 @@ def _condition_json(condition: CodedCondition) -> dict[str, Any]:
     return {
         "id": condition.id,
         "text": condition.text,
-        "codes": [{"system": c.system, "code": c.code} for c in condition.codings],
+        "codes": [
+            {"system": c.system, "code": c.code, "display": c.display} for c in condition.codings
+        ],
     }
 
 
-def result_as_json(chart: Chart, result: SuggestionResult) -> dict[str, Any]:
+def result_as_json(
+    chart: Chart, result: SuggestionResult, prefs: Preferences, today: date
+) -> dict[str, Any]:
+    """The `peerbridge.suggest/1` document (docs/suggest-json.md); keys are stable."""
+    patient = chart.patient
     return {
-        "patient": chart.patient.id,
+        "schema": SCHEMA,
+        "patient": {
+            "id": patient.id,
+            "age": patient.age_on(today),
+            "language": patient.language,
+            "state": patient.address.state,
+        },
+        "preferences": {"language": prefs.language, "modes": sorted(prefs.modes)},
         "suggestions": [
             {
-                "program": s.program.id,
-                "name": s.program.name,
-                "organization": s.program.organization,
+                "rank": rank,
+                "program": _program_json(s.program),
                 "score": s.score,
                 "needs": list(s.needs),
                 "conditions": [c.id for c in s.conditions],
                 "reasons": [_reason_json(r) for r in s.reasons],
             }
-            for s in result.suggestions
+            for rank, s in enumerate(result.suggestions, start=1)
         ],
         "exclusions": [
-            {
-                "program": e.program.id,
-                "name": e.program.name,
-                "reasons": [_reason_json(r) for r in e.reasons],
-            }
+            {"program": _program_json(e.program), "reasons": [_reason_json(r) for r in e.reasons]}
             for e in result.exclusions
         ],
         "unmapped": [_condition_json(c) for c in result.unmapped],

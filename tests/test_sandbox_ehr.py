@@ -281,3 +281,13 @@ def test_admin_api_is_absent_without_the_admin_flag(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_cds_card_markdown_renders_bold_and_bullets_but_never_the_services_markup() -> None:
+    from ehr_sandbox.ehr_pages import card_markdown
+
+    html = str(card_markdown("**Top** <img src=x onerror=alert(1)>\n- **A**: one\n- two\nEnd"))
+    assert html == (
+        "<p><strong>Top</strong> &lt;img src=x onerror=alert(1)&gt;</p>"
+        "<ul><li><strong>A</strong>: one</li><li>two</li></ul><p>End</p>"
+    )

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
 from config import SettingsError
 from fhir_mappings.domain import MODES
-from smartapp.suggest_command import language_tag, positive_int
+
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+
+
+def language_tag(value: str) -> str:
+    """argparse type for --language: a BCP-47 tag such as `es` or `es-MX`."""
+    if not _LANGUAGE_TAG.match(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a BCP-47 language tag (e.g. es)")
+    return value
+
+
+def positive_int(value: str) -> int:
+    """argparse type for --limit."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 1 or more")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     suggest.add_argument("--format", choices=("json", "text"), default="text")
     suggest.add_argument(
-        "--language", metavar="CODE", type=language_tag, default="", help="BCP-47, e.g. es"
+        "--language", metavar="CODE", type=language_tag, default=None, help="BCP-47, e.g. es"
     )
     suggest.add_argument(
         "--mode", choices=MODES, action="append", default=[], help="preferred mode (repeatable)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from datetime import date
 from pathlib import Path
@@ -31,29 +30,10 @@ from fhir_mappings.fhir_client import FhirClient, FhirError
 SCHEMA = "peerbridge.suggest/1"
 BUNDLE_TYPES = ("searchset", "collection")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 
 
 class InputError(Exception):
     """The command line or its input cannot be used; the message (one line) says why."""
-
-
-def language_tag(value: str) -> str:
-    """argparse type for --language: a BCP-47 tag such as `es` or `es-MX`."""
-    if not _LANGUAGE_TAG.match(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a BCP-47 language tag (e.g. es)")
-    return value
-
-
-def positive_int(value: str) -> int:
-    """argparse type for --limit."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of 1 or more")
-    return number
 
 
 def run_suggest(args: argparse.Namespace, out: TextIO | None = None) -> int:

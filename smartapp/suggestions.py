@@ -17,8 +17,9 @@ specialists) is how that help reaches adolescents, beside the family programs.
 
 from __future__ import annotations
 
+import heapq
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -115,22 +116,39 @@ W_COVERAGE_UNKNOWN = -0.5
 W_FREE = 0.25
 W_SEX_UNKNOWN = -1.0
 
+# Needs that decide who should be supported first (see `_recipients`).
+RECIPIENT_NEEDS = (
+    PARENT_NEEDS | FAMILY_MEMBER_NEEDS | CAREGIVER_NEEDS | TEEN_SELF_NEEDS | {"dementia"}
+)
+
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP_WORDS = frozenset({"and", "or", "of", "the", "with", "for", "in", "to", "a", "an", "other"})
 
 
 class Directory:
-    """The programs, indexed by need so matching touches only candidates."""
+    """The programs, indexed by need so matching touches only candidates.
+
+    Built once: besides the need index, each program's matching facts are grouped into facets
+    (eligibility needs, parents-only, age band, sex, coverage, who is supported, languages,
+    modes) so a call works out each facet value once, not once per program.
+    """
 
     def __init__(self, programs: Iterable[Program]) -> None:
         self._programs = tuple(sorted(programs, key=lambda p: p.id))
         self._by_id = {p.id: p for p in self._programs}
         by_need: dict[str, list[Program]] = {}
-        for program in self._programs:
+        positions: dict[str, set[int]] = {}
+        for index, program in enumerate(self._programs):
             for need in program.needs:
                 by_need.setdefault(need, []).append(program)
+                positions.setdefault(need, set()).add(index)
         self._by_need = {need: tuple(ps) for need, ps in by_need.items()}
+        # Positions follow program ids, so sorting positions sorts by id.
+        self._positions = {need: frozenset(found) for need, found in positions.items()}
         self._words = {p.id: _words_of(p) for p in self._programs}
+        self._facets = {name: _Facet(self._programs, key) for name, key in _FACET_KEYS.items()}
+        self._costs = tuple(_cost(p) for p in self._programs)
+        self._needs = tuple(p.needs for p in self._programs)
 
     @classmethod
     def build(cls, programs: Iterable[Program]) -> Directory:
@@ -163,11 +181,45 @@ class Directory:
         return [hit[3] for hit in sorted(hits, key=lambda h: h[:3])]
 
 
+class _Facet:
+    """One matching fact of the programs: its distinct values, and who has each."""
+
+    def __init__(self, programs: Sequence[Program], key: Callable[[Program], Hashable]) -> None:
+        ids: dict[Hashable, int] = {}
+        self.of: list[int] = []  # program position -> value id
+        self.examples: list[Program] = []  # value id -> a program with that value
+        members: list[set[int]] = []
+        for index, program in enumerate(programs):
+            value = key(program)
+            value_id = ids.get(value)
+            if value_id is None:
+                value_id = ids[value] = len(self.examples)
+                self.examples.append(program)
+                members.append(set())
+            self.of.append(value_id)
+            members[value_id].add(index)
+        self.members = tuple(frozenset(m) for m in members)
+
+
 def _words_of(program: Program) -> frozenset[str]:
     text = " ".join(
         [program.name, program.organization, program.description, " ".join(program.needs)]
     )
     return frozenset(_WORD.findall(text.casefold()))
+
+
+# The facets of a program matching looks at; programs alike in one get the same answer there.
+_FACET_KEYS: dict[str, Callable[[Program], Hashable]] = {
+    "eligibility": lambda p: p.needs & ELIGIBILITY_NEEDS,
+    "parents": lambda p: (_parents_only(p), p.needs & PARENT_NEEDS),
+    "age": lambda p: (p.min_age, p.max_age),
+    "sex": lambda p: p.sex,
+    "coverage": lambda p: p.coverage,
+    "supports": lambda p: p.supports,
+    "recipients": lambda p: p.needs & RECIPIENT_NEEDS,
+    "language": lambda p: p.languages,
+    "mode": lambda p: p.modes,
+}
 
 
 @dataclass(frozen=True)
@@ -215,27 +267,18 @@ def suggest_programs(
         supports=supports,
         deceased=patient.deceased,
     )
-    candidates: dict[str, Program] = {}
-    for need in need_conditions:
-        for program in directory.with_need(need):
-            candidates[program.id] = program
-
-    suggestions: list[Suggestion] = []
-    exclusions: list[Exclusion] = []
     weights = {need: _need_weight(need, directory, code_map) for need in need_conditions}
     fit = _Fit.of(conditions, need_conditions, weights, standalone)
-    for program in candidates.values():
-        matched = sorted(program.needs & need_conditions.keys())
-        hard = _hard_rules(program, patient, view, matched, code_map)
-        if any(not r.matched for r in hard):
-            exclusions.append(Exclusion(program, tuple(r for r in hard if not r.matched)))
-            continue
-        suggestions.append(_suggestion(program, matched, fit, hard, view))
-
-    suggestions.sort(key=lambda s: (-s.score, s.program.id))
-    exclusions.sort(key=lambda e: e.program.id)
+    call = _Call(directory, patient, view, frozenset(need_conditions), code_map)
+    programs = directory.programs
+    candidates: set[int] = set().union(*(directory._positions[n] for n in call.needs_in_directory))
+    excluded = candidates & call.failing
+    exclusions = call.exclusions(excluded)
+    # Rank on scores alone; reasons are built only for the programs shown.
+    ranked = heapq.nsmallest(max(limit, 0), call.scores(candidates - excluded, fit))
+    suggestions = [_suggestion(programs[i], fit, call, i, -score) for score, i in ranked]
     return SuggestionResult(
-        suggestions=tuple(suggestions[: max(limit, 0)]),
+        suggestions=tuple(suggestions),
         exclusions=tuple(exclusions),
         unmapped=tuple(unmapped),
         problems=tuple(problems),
@@ -269,49 +312,65 @@ def _needs_by_condition(
 
 
 # -- hard rules ------------------------------------------------------------------------------
-def _hard_rules(
-    program: Program,
-    patient: PatientFacts,
-    view: _PatientView,
-    matched: list[str],
-    code_map: CodeMap,
-) -> list[Reason]:
-    """Age, sex, geography and eligibility; a reason with matched=False excludes the program."""
-    reasons: list[Reason] = []
-    for need in sorted(program.needs & ELIGIBILITY_NEEDS):
-        if need not in matched:
-            reasons.append(Reason("need", False, f"Only for: {code_map.need(need).display}"))
+# Age, sex, geography and eligibility, one facet each; a reason with matched=False excludes the
+# program. Each takes any program with that facet's value: all of them get the same answer.
+def _eligibility_reasons(
+    program: Program, patient_needs: frozenset[str], code_map: CodeMap
+) -> tuple[Reason, ...]:
+    return tuple(
+        Reason("need", False, f"Only for: {code_map.need(need).display}")
+        for need in sorted(program.needs & ELIGIBILITY_NEEDS)
+        if need not in patient_needs
+    )
+
+
+def _parents_only(program: Program) -> bool:
+    return "parent" in program.supports and not program.supports & {"patient", "caregiver"}
+
+
+def _parents_reason(
+    program: Program, view: _PatientView, patient_needs: frozenset[str]
+) -> Reason | None:
     if (
         view.age is not None
         and view.age >= ADULT_AGE
         and not view.supports
-        and "parent" in program.supports
-        and not program.supports & {"patient", "caregiver"}
-        and not PARENT_NEEDS.intersection(matched)
+        and _parents_only(program)
+        and not PARENT_NEEDS & program.needs & patient_needs
     ):
         # A program only for parents (and their families) is about a child.
-        reasons.append(Reason("supports", False, f"For parents of children; patient is {view.age}"))
+        return Reason("supports", False, f"For parents of children; patient is {view.age}")
+    return None
+
+
+def _age_reason(program: Program, view: _PatientView) -> Reason | None:
     # Once the patient has died the program serves the family, not someone of the patient's age.
-    if (program.min_age is not None or program.max_age is not None) and not view.deceased:
-        band = _age_band(program.min_age, program.max_age)
-        if view.age is None:
-            reasons.append(Reason("age", True, f"{band} (patient's age not recorded)"))
-        else:
-            fits = (program.min_age is None or view.age >= program.min_age) and (
-                program.max_age is None or view.age <= program.max_age
-            )
-            reasons.append(Reason("age", fits, band if fits else f"{band}; patient is {view.age}"))
-    if program.sex:
-        words = {"female": "For women and girls only", "male": "For men and boys only"}
-        text = words.get(program.sex, f"For {program.sex} patients only")
-        if patient.sex in ("male", "female"):
-            reasons.append(Reason("sex", patient.sex == program.sex, text))
+    if (program.min_age is None and program.max_age is None) or view.deceased:
+        return None
+    band = _age_band(program.min_age, program.max_age)
+    if view.age is None:
+        return Reason("age", True, f"{band} (patient's age not recorded)")
+    fits = (program.min_age is None or view.age >= program.min_age) and (
+        program.max_age is None or view.age <= program.max_age
+    )
+    return Reason("age", fits, band if fits else f"{band}; patient is {view.age}")
+
+
+def _sex_reason(program: Program, patient: PatientFacts) -> Reason | None:
+    if not program.sex or patient.sex not in ("male", "female"):
+        return None
+    words = {"female": "For women and girls only", "male": "For men and boys only"}
+    text = words.get(program.sex, f"For {program.sex} patients only")
+    return Reason("sex", patient.sex == program.sex, text)
+
+
+def _coverage_reason(program: Program, patient: PatientFacts) -> Reason | None:
     covered = program.coverage.covers(patient.address)
     if covered is False:
-        reasons.append(Reason("coverage", False, _coverage_words(program) + " only"))
-    elif covered is True and program.coverage.kind != "national":
-        reasons.append(Reason("coverage", True, _coverage_words(program)))
-    return reasons
+        return Reason("coverage", False, _coverage_words(program) + " only")
+    if covered is True and program.coverage.kind != "national":
+        return Reason("coverage", True, _coverage_words(program))
+    return None
 
 
 def _age_band(low: int | None, high: int | None) -> str:
@@ -347,6 +406,9 @@ class _Fit:
     by_id: dict[str, CodedCondition]
     reason: dict[str, Reason]  # condition id -> its need reason
     standalone: dict[str, Reason]  # needs that come from no condition, and why
+    # need -> None when it is the best-fitting need of one of its conditions; else, for each
+    # of its conditions, the needs that fit that condition better.
+    outranked: dict[str, tuple[frozenset[str], ...] | None]
 
     @classmethod
     def of(
@@ -361,66 +423,205 @@ class _Fit:
             for condition in found:
                 needs_of.setdefault(condition.id, []).append(need)
         by_id = {c.id: c for c in conditions if c.id in needs_of}
+        ranked = {
+            cid: tuple(sorted(ns, key=lambda n: (weights[n], n), reverse=True))
+            for cid, ns in needs_of.items()
+        }
+        outranked: dict[str, tuple[frozenset[str], ...] | None] = {}
+        for need, found in need_conditions.items():
+            above = tuple(frozenset(ranked[c.id][: ranked[c.id].index(need)]) for c in found)
+            outranked[need] = None if any(not higher for higher in above) else above
         return cls(
             weights=weights,
             condition_ids={n: frozenset(c.id for c in cs) for n, cs in need_conditions.items()},
-            ranked={
-                cid: tuple(sorted(ns, key=lambda n: (weights[n], n), reverse=True))
-                for cid, ns in needs_of.items()
-            },
+            ranked=ranked,
             position={c.id: i for i, c in enumerate(conditions)},
             by_id=by_id,
             reason={cid: Reason("need", True, c.label, (cid,)) for cid, c in by_id.items()},
             standalone=standalone,
+            outranked=outranked,
         )
 
+    def need_score(self, needs: frozenset[str], matched: frozenset[str]) -> float:
+        """What the patient's needs that a program (`needs`) serves are worth."""
+        # Each condition counts through its best-fitting need, and each need once: ten cancer
+        # codes do not outweigh one heart diagnosis, nor does one code that maps to two needs.
+        score = 0.0
+        for need in sorted(matched):
+            above = self.outranked[need]
+            if above is None or any(not higher & needs for higher in above):
+                score += self.weights[need]
+        score += W_FOCUS * len(matched) / len(needs)
+        if self.standalone:
+            score += sum(self.weights[n] for n in sorted(matched) if n in self.standalone)
+        return score
 
-def _suggestion(
-    program: Program,
-    matched: list[str],
-    fit: _Fit,
-    hard: list[Reason],
-    view: _PatientView,
-) -> Suggestion:
+
+class _Call:
+    """One `suggest_programs` call: each facet value of the directory judged once for this patient.
+
+    Hard facets give the excluded programs as a set (the union of those with a failing value);
+    scoring a program is then a few table look-ups plus its need score.
+    """
+
+    def __init__(
+        self,
+        directory: Directory,
+        patient: PatientFacts,
+        view: _PatientView,
+        patient_needs: frozenset[str],
+        code_map: CodeMap,
+    ) -> None:
+        self.directory = directory
+        self.patient_needs = patient_needs
+        self.needs_in_directory = [n for n in patient_needs if n in directory._positions]
+        self.facets = facets = directory._facets
+        examples = {name: facet.examples for name, facet in facets.items()}
+        self.eligibility = [
+            _eligibility_reasons(p, patient_needs, code_map) for p in examples["eligibility"]
+        ]
+        self.parents = [_parents_reason(p, view, patient_needs) for p in examples["parents"]]
+        self.age = [_age_reason(p, view) for p in examples["age"]]
+        self.sex = [_sex_reason(p, patient) for p in examples["sex"]]
+        self.coverage = [_coverage_reason(p, patient) for p in examples["coverage"]]
+        failing: set[int] = set()
+        for name, reasons in (
+            ("parents", self.parents),
+            ("age", self.age),
+            ("sex", self.sex),
+            ("coverage", self.coverage),
+        ):
+            for value, reason in enumerate(reasons):
+                if reason is not None and not reason.matched:
+                    failing |= facets[name].members[value]
+        for value, found in enumerate(self.eligibility):
+            if found:
+                failing |= facets["eligibility"].members[value]
+        self.failing = failing
+
+        # Soft criteria, as (reason, points) per facet value; who is supported depends on the
+        # program's supports and on who should be helped, of which there are few kinds.
+        kinds: dict[tuple[frozenset[str], frozenset[str]], int] = {}
+        self.recipient_kind = [
+            kinds.setdefault(_recipients(sorted(p.needs & patient_needs), view), len(kinds))
+            for p in examples["recipients"]
+        ]
+        by_kind = sorted(kinds, key=kinds.__getitem__)
+        self.supports = [
+            [_supports_for(p.supports, primary, others) for primary, others in by_kind]
+            for p in examples["supports"]
+        ]
+        self.language = [_language(p, view) for p in examples["language"]]
+        self.mode = [_modes(p, view) for p in examples["mode"]]
+        self.coverage_fit = [
+            _coverage(p, reason)
+            for p, reason in zip(examples["coverage"], self.coverage, strict=True)
+        ]
+        self.sex_unknown = [
+            _sex_unknown(p, reason) for p, reason in zip(examples["sex"], self.sex, strict=True)
+        ]
+
+    def hard(self, i: int) -> list[Reason]:
+        """The hard-rule reasons of program `i`, in the order they are shown."""
+        of = self.facets
+        reasons = list(self.eligibility[of["eligibility"].of[i]])
+        for found in (
+            self.parents[of["parents"].of[i]],
+            self.age[of["age"].of[i]],
+            self.sex[of["sex"].of[i]],
+            self.coverage[of["coverage"].of[i]],
+        ):
+            if found is not None:
+                reasons.append(found)
+        return reasons
+
+    def exclusions(self, excluded: set[int]) -> list[Exclusion]:
+        """The excluded programs by id, each with the hard rules it fails, in the order shown."""
+        failed: dict[int, tuple[Reason, ...]] = {}
+        seen: set[int] = set()
+        for name, found in (
+            ("eligibility", self.eligibility),
+            ("parents", [(r,) if r is not None and not r.matched else () for r in self.parents]),
+            ("age", [(r,) if r is not None and not r.matched else () for r in self.age]),
+            ("sex", [(r,) if r is not None and not r.matched else () for r in self.sex]),
+            ("coverage", [(r,) if r is not None and not r.matched else () for r in self.coverage]),
+        ):
+            members = self.facets[name].members
+            for value, reasons in enumerate(found):
+                if not reasons:
+                    continue
+                these = members[value] & excluded
+                again = these & seen
+                for i in again:
+                    failed[i] += reasons
+                # Most programs fail one rule: they share one tuple of reasons, set in bulk.
+                failed.update(dict.fromkeys(these - again, reasons))
+                seen |= these
+        order = sorted(excluded)
+        programs = self.directory.programs
+        return list(
+            map(Exclusion, map(programs.__getitem__, order), map(failed.__getitem__, order))
+        )
+
+    def soft(self, i: int) -> list[tuple[Reason | None, float]]:
+        """Who is supported, language, mode, coverage, cost, unknown sex: in the order shown."""
+        of = self.facets
+        return [
+            self.supports[of["supports"].of[i]][self.recipient_kind[of["recipients"].of[i]]],
+            self.language[of["language"].of[i]],
+            self.mode[of["mode"].of[i]],
+            self.coverage_fit[of["coverage"].of[i]],
+            self.directory._costs[i],
+            self.sex_unknown[of["sex"].of[i]],
+        ]
+
+    def scores(self, positions: Iterable[int], fit: _Fit) -> Iterator[tuple[float, int]]:
+        """(-score, position) of each program, its score rounded as `Suggestion.score` is."""
+        of = self.facets
+        tables = [
+            (of["language"].of, [points if r else 0.0 for r, points in self.language]),
+            (of["mode"].of, [points if r else 0.0 for r, points in self.mode]),
+            (of["coverage"].of, [points if r else 0.0 for r, points in self.coverage_fit]),
+            (
+                range(len(self.directory._costs)),
+                [p if r else 0.0 for r, p in self.directory._costs],
+            ),
+            (of["sex"].of, [points if r else 0.0 for r, points in self.sex_unknown]),
+        ]
+        supports_of, recipients_of = of["supports"].of, of["recipients"].of
+        supports = [[points for _, points in row] for row in self.supports]
+        kind = self.recipient_kind
+        needs_of, patient_needs, need_score = (
+            self.directory._needs,
+            self.patient_needs,
+            fit.need_score,
+        )
+        for i in positions:
+            needs = needs_of[i]
+            score = need_score(needs, needs & patient_needs)
+            score += supports[supports_of[i]][kind[recipients_of[i]]]
+            for value_of, points in tables:
+                score += points[value_of[i]]
+            yield -round(score, 3), i
+
+
+def _suggestion(program: Program, fit: _Fit, call: _Call, i: int, score: float) -> Suggestion:
+    matched = sorted(program.needs & call.patient_needs)
     ids: set[str] = set()
     for need in matched:
         ids |= fit.condition_ids[need]
     ordered = sorted(ids, key=fit.position.__getitem__)
-    # Each condition counts through its best-fitting need, and each need once: ten cancer
-    # codes do not outweigh one heart diagnosis, nor does one code that maps to two needs.
-    best_needs = {next(n for n in fit.ranked[cid] if n in program.needs) for cid in ordered}
-    score = sum(fit.weights[n] for n in best_needs) + W_FOCUS * len(matched) / len(program.needs)
     reasons = [fit.reason[cid] for cid in ordered]
-    for need in matched:
-        if need in fit.standalone:
-            score += fit.weights[need]
-            reasons.append(fit.standalone[need])
-    conditions = {cid: fit.by_id[cid] for cid in ordered}
-
-    support_reason, support_score = _supports(program, matched, view)
-    reasons.append(support_reason)
-    score += support_score
-    reasons.extend(hard)
-    for reason, points in (
-        _language(program, view),
-        _modes(program, view),
-        _coverage(program, hard),
-        _cost(program),
-    ):
-        if reason is not None:
-            reasons.append(reason)
-            score += points
-    if program.sex and not any(r.criterion == "sex" for r in hard):
-        words = {"female": "For women and girls", "male": "For men and boys"}
-        text = words.get(program.sex, f"For {program.sex} patients")
-        reasons.append(Reason("sex", False, f"{text}; sex not recorded"))
-        score += W_SEX_UNKNOWN
+    reasons += [fit.standalone[need] for need in matched if need in fit.standalone]
+    soft = [reason for reason, _ in call.soft(i) if reason is not None]
+    # Who is supported (always said) first, then the hard rules, then the rest.
+    reasons += [soft[0], *call.hard(i), *soft[1:]]
     return Suggestion(
         program=program,
-        score=round(score, 3),
+        score=score,
         needs=tuple(matched),
         reasons=tuple(reasons),
-        conditions=tuple(conditions.values()),
+        conditions=tuple(fit.by_id[cid] for cid in ordered),
     )
 
 
@@ -434,10 +635,10 @@ def _need_weight(need: str, directory: Directory, code_map: CodeMap) -> float:
     return W_DIAGNOSIS + W_RARITY / max(1, len(directory.with_need(need)))
 
 
-def _supports(program: Program, needs: list[str], view: _PatientView) -> tuple[Reason, float]:
+def _supports_for(
+    offered: frozenset[str], primary: frozenset[str], others: frozenset[str]
+) -> tuple[Reason, float]:
     """Who the program helps against who needs help: a child's parents, an adult, a caregiver."""
-    primary, others = _recipients(needs, view)
-    offered = program.supports
     words = ", ".join(SUPPORT_WORDS.get(s, s) for s in sorted(offered)) or "not stated"
     if primary & offered:
         return Reason("supports", True, f"For {words}"), W_PRIMARY_SUPPORT
@@ -498,14 +699,22 @@ def _modes(program: Program, view: _PatientView) -> tuple[Reason | None, float]:
     return Reason("mode", False, text), -W_MODE
 
 
-def _coverage(program: Program, hard: list[Reason]) -> tuple[Reason | None, float]:
+def _coverage(program: Program, hard: Reason | None) -> tuple[Reason | None, float]:
     if program.coverage.kind == "national":
         return Reason("coverage", True, "Nationwide"), 0.0
-    if any(r.criterion == "coverage" for r in hard):
+    if hard is not None:
         return None, W_LOCAL  # the hard rule already says "Serves Montana"
     # covers() said None: the address is too thin to tell (no state, or no county).
     words = _coverage_words(program)
     return Reason("coverage", False, f"{words}; could not check the address"), W_COVERAGE_UNKNOWN
+
+
+def _sex_unknown(program: Program, hard: Reason | None) -> tuple[Reason | None, float]:
+    if not program.sex or hard is not None:
+        return None, 0.0
+    words = {"female": "For women and girls", "male": "For men and boys"}
+    text = words.get(program.sex, f"For {program.sex} patients")
+    return Reason("sex", False, f"{text}; sex not recorded"), W_SEX_UNKNOWN
 
 
 def _cost(program: Program) -> tuple[Reason | None, float]:

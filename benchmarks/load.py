@@ -5,7 +5,7 @@ redirects followed by hand with a cookie jar), patient view, propose a referral 
 Reports throughput, p50/p95/p99 per step and errors. Goal: 0 errors and patient view p95 <= 300 ms
 on a 2-core machine with 50 users for 60 s.
 
-Run: python benchmarks/load.py [--users 50] [--duration 60] [--workers 2] [--think 0] [--json FILE]
+Run: python benchmarks/load.py [--users 50] [--duration 60] [--workers 2] [--think 2] [--json FILE]
 
 `Stack` and `Browser` are also what benchmarks/faults.py drives.
 """
@@ -361,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--think",
         type=float,
-        default=0.0,
-        help="seconds each user pauses after a page (0: back-to-back, a saturation test)",
+        default=2.0,
+        help="mean seconds a user pauses after a page, as clinicians do (0: a saturation test)",
     )
     parser.add_argument("--json", default="", help="also write the result to this file")
     args = parser.parse_args(argv)

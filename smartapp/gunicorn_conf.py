@@ -4,6 +4,9 @@
 worker_class = "gthread"
 threads = 8
 timeout = 60
+# Longer than a client or proxy keeps an idle connection (2 s default): otherwise a request sent
+# on a connection gunicorn is just closing fails with a reset (seen in benchmarks/load.py).
+keepalive = 75
 graceful_timeout = 20
 # Access lines would print full URLs (codes, state, launch handles); the app logs routes instead.
 accesslog = None

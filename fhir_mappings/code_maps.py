@@ -3,7 +3,8 @@
 ICD-10-CM sources stand for themselves and all their descendants (walked with `simple-icd-10-cm`,
 the CMS code set); a source `A-B` is a range of codes and their descendants. When several sources
 cover a code, the narrower one wins, so a `disjoint` target on F17 takes nicotine out of F10-F19.
-SNOMED CT has no hierarchy offline: its ConceptMap lists concepts one by one. Also the USPS state
+SNOMED CT has no hierarchy offline: its ConceptMap lists concepts one by one. A need may name a
+broader one as its `parent` in the CodeSystem (drug use within substance use). Also the USPS state
 and language names.
 """
 
@@ -54,14 +55,16 @@ class CodeMap:
 
     def __init__(self, code_system: Mapping[str, Any], concept_maps: Sequence[Mapping[str, Any]]):
         self._needs: dict[str, Need] = {}
+        parents: dict[str, str] = {}
         for concept in code_system.get("concept", []):
-            level = next(
-                (p.get("valueCode") for p in concept.get("property", []) if p["code"] == "level"),
-                "diagnosis",
-            )
+            props = {p["code"]: p.get("valueCode") for p in concept.get("property", [])}
+            level = props.get("level") or "diagnosis"
             self._needs[concept["code"]] = Need(
                 concept["code"], concept["display"], "issue" if level == "issue" else "diagnosis"
             )
+            if props.get("parent"):
+                parents[concept["code"]] = str(props["parent"])
+        self._broader = {code: self._ancestors(code, parents) for code in self._needs}
         self._maps = [copy.deepcopy(dict(m)) for m in concept_maps]
         self._snomed: dict[str, frozenset[str]] = {}
         self._icd_items: dict[str, list[_Rule]] = {}  # keyed by code, block or chapter
@@ -110,6 +113,10 @@ class CodeMap:
         except KeyError:
             raise KeyError(f"no need with code {code!r}") from None
 
+    def broader(self, code: str) -> frozenset[str]:
+        """The needs `code` is a narrower form of ('drug-use' -> {'substance-use'})."""
+        return self._broader.get(code, frozenset())
+
     def all_needs(self) -> tuple[Need, ...]:
         return tuple(self._needs.values())
 
@@ -118,6 +125,16 @@ class CodeMap:
         return copy.deepcopy(self._maps)
 
     # -- building --------------------------------------------------------------------------------
+    def _ancestors(self, code: str, parents: Mapping[str, str]) -> frozenset[str]:
+        found: list[str] = []
+        parent = parents.get(code)
+        while parent is not None:
+            if parent not in self._needs or parent in found or parent == code:
+                raise CodeMapError(f"{code}: bad parent need {parent!r}")
+            found.append(parent)
+            parent = parents.get(parent)
+        return frozenset(found)
+
     def _targets(self, element: Mapping[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
         adds: set[str] = set()
         removes: set[str] = set()

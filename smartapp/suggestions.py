@@ -10,6 +10,11 @@ parent-to-parent programs serve, even when the diagnosis itself maps to nothing 
 `cshcn` from the congenital-malformation chapter is dropped for adults (the parent-to-parent
 networks serve families of children and youth).
 
+Specific before broad: a need may be a narrower form of another (drug use, alcohol use within
+substance use; the need CodeSystem's `parent`). When every condition bringing the broad need also
+brings a narrower one, the broad need is worth W_BROADER less, so Narcotics Anonymous leads for
+opioids, SMART Recovery (any substance) follows, and Alcoholics Anonymous does not match at all.
+
 Teen rule: a patient of 13 to 17 with a mental-health, substance-use or eating need is supported
 as themselves as much as through the parents: youth peer support (youth-run networks, youth peer
 specialists) is how that help reaches adolescents, beside the family programs.
@@ -79,7 +84,9 @@ FAMILY_MEMBER_NEEDS = frozenset({"family-substance-use", "caregiver-stress", "be
 # prison), whatever else it lists: Fortune Society is not for every opioid patient.
 ELIGIBILITY_NEEDS = frozenset({"military", "reentry"})
 # A teenager with one of these is a first recipient of peer support too (teen rule above).
-TEEN_SELF_NEEDS = frozenset({"serious-mental-illness", "substance-use", "eating-disorder"})
+TEEN_SELF_NEEDS = frozenset(
+    {"serious-mental-illness", "substance-use", "alcohol-use", "drug-use", "eating-disorder"}
+)
 REMOTE_MODES = frozenset({"phone", "video", "online", "text"})
 NO_PREFERENCES = Preferences()
 
@@ -106,6 +113,9 @@ W_CSHCN = 1.5
 W_FOCUS = 2.0  # times the share of the program's needs that fit: focused programs first
 # Divided by how many programs serve a diagnosis-level need: autism beats developmental disability.
 W_RARITY = 1.0
+# Taken off a broad need (substance use) when each of its conditions brings a narrower one too
+# (opioids: drug use): at least W_FOCUS, so a focused broad program cannot pass a specific one.
+W_BROADER = 2.0
 W_PRIMARY_SUPPORT = 2.0
 W_OTHER_SUPPORT = 1.0
 W_NO_SUPPORT = -4.0
@@ -268,6 +278,8 @@ def suggest_programs(
         deceased=patient.deceased,
     )
     weights = {need: _need_weight(need, directory, code_map) for need in need_conditions}
+    for need in _broad_needs(need_conditions, code_map):
+        weights[need] -= W_BROADER
     fit = _Fit.of(conditions, need_conditions, weights, standalone)
     call = _Call(directory, patient, view, frozenset(need_conditions), code_map)
     programs = directory.programs
@@ -309,6 +321,19 @@ def _needs_by_condition(
         for need in needs:
             by_need.setdefault(need, []).append(condition)
     return by_need, unmapped
+
+
+def _broad_needs(need_conditions: dict[str, list[CodedCondition]], code_map: CodeMap) -> set[str]:
+    """Needs that every condition bringing them also brings in a narrower form."""
+    needs_of: dict[str, set[str]] = {}
+    for need, found in need_conditions.items():
+        for condition in found:
+            needs_of.setdefault(condition.id, set()).add(need)
+    return {
+        need
+        for need, found in need_conditions.items()
+        if found and all(any(need in code_map.broader(n) for n in needs_of[c.id]) for c in found)
+    }
 
 
 # -- hard rules ------------------------------------------------------------------------------
@@ -578,15 +603,14 @@ class _Call:
     def scores(self, positions: Iterable[int], fit: _Fit) -> Iterator[tuple[float, int]]:
         """(-score, position) of each program, its score rounded as `Suggestion.score` is."""
         of = self.facets
+        # Points count whether or not a reason is shown: a covering local program's bonus
+        # comes with no soft reason, as the hard rule already says "Serves California".
         tables = [
-            (of["language"].of, [points if r else 0.0 for r, points in self.language]),
-            (of["mode"].of, [points if r else 0.0 for r, points in self.mode]),
-            (of["coverage"].of, [points if r else 0.0 for r, points in self.coverage_fit]),
-            (
-                range(len(self.directory._costs)),
-                [p if r else 0.0 for r, p in self.directory._costs],
-            ),
-            (of["sex"].of, [points if r else 0.0 for r, points in self.sex_unknown]),
+            (of["language"].of, [points for _, points in self.language]),
+            (of["mode"].of, [points for _, points in self.mode]),
+            (of["coverage"].of, [points for _, points in self.coverage_fit]),
+            (range(len(self.directory._costs)), [points for _, points in self.directory._costs]),
+            (of["sex"].of, [points for _, points in self.sex_unknown]),
         ]
         supports_of, recipients_of = of["supports"].of, of["recipients"].of
         supports = [[points for _, points in row] for row in self.supports]

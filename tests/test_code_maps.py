@@ -113,11 +113,62 @@ def test_codes_just_outside_a_range_do_not_match(code: str, absent: str | None) 
 
 
 def test_a_narrower_disjoint_entry_takes_a_need_out_of_a_wider_range() -> None:
-    assert icd10("F10.20") == {"substance-use"}
-    assert icd10("F11.20") == {"substance-use"}
+    assert "substance-use" in icd10("F10.20")
+    assert "substance-use" in icd10("F11.20")
     assert icd10("F17.210") == frozenset()  # nicotine: F17 is disjoint from substance use
     assert icd10("O03.9") == {"pregnancy-loss"}  # miscarriage is not "new parenthood"
     assert icd10("O80") == {"pregnancy"}
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "substance"),
+    [
+        (ICD10CM, "F10.20", "alcohol-use"),  # alcohol dependence, uncomplicated
+        (ICD10CM, "F10.21", "alcohol-use"),  # in remission
+        (ICD10CM, "Z71.41", "alcohol-use"),  # alcohol abuse counseling
+        (SNOMED, "7200002", "alcohol-use"),  # alcoholism
+        (SNOMED, "66590003", "alcohol-use"),  # alcohol dependence
+        (SNOMED, "15167005", "alcohol-use"),  # alcohol abuse
+        (ICD10CM, "F11.20", "drug-use"),  # opioid dependence
+        (ICD10CM, "F11.21", "drug-use"),
+        (ICD10CM, "F12.90", "drug-use"),  # cannabis
+        (ICD10CM, "F14.20", "drug-use"),  # cocaine
+        (ICD10CM, "F16.10", "drug-use"),  # hallucinogens, end of the F11-F16 range
+        (ICD10CM, "F18.20", "drug-use"),  # inhalants
+        (ICD10CM, "F19.20", "drug-use"),  # other psychoactive substances
+        (ICD10CM, "Z71.51", "drug-use"),  # drug abuse counseling
+        (SNOMED, "75544000", "drug-use"),  # opioid dependence
+        (SNOMED, "5602001", "drug-use"),  # opioid abuse
+    ],
+)
+def test_alcohol_codes_bring_alcohol_use_and_drug_codes_drug_use_beside_substance_use(
+    system: str, code: str, substance: str
+) -> None:
+    assert CODE_MAP.needs_for(Coding(system, code)) == {"substance-use", substance}
+
+
+def test_an_unspecified_substance_and_nicotine_bring_no_substance_specific_need() -> None:
+    assert snomed("66214007") == {"substance-use"}  # "substance abuse": which one is unknown
+    assert not icd10("F17.210") & {"alcohol-use", "drug-use"}
+
+
+def test_alcohol_use_and_drug_use_are_narrower_forms_of_substance_use() -> None:
+    assert CODE_MAP.broader("alcohol-use") == {"substance-use"}
+    assert CODE_MAP.broader("drug-use") == {"substance-use"}
+    assert CODE_MAP.broader("substance-use") == frozenset()
+    assert CODE_MAP.broader("no-such-need") == frozenset()
+    assert CODE_MAP.need("drug-use").level == CODE_MAP.need("substance-use").level == "diagnosis"
+
+
+def test_a_need_whose_parent_is_unknown_or_itself_is_refused() -> None:
+    needs = json.loads(NEEDS_FILE.read_text(encoding="utf-8"))
+    for parent in ("no-such-need", "drug-use"):
+        broken = json.loads(json.dumps(needs))
+        concept = next(c for c in broken["concept"] if c["code"] == "drug-use")
+        concept["property"] = [{"code": "level", "valueCode": "diagnosis"}]
+        concept["property"].append({"code": "parent", "valueCode": parent})
+        with pytest.raises(CodeMapError, match="drug-use: bad parent need"):
+            CodeMap(broken, [])
 
 
 def test_codes_are_accepted_with_or_without_the_dot_and_in_any_case() -> None:
@@ -151,7 +202,11 @@ def test_a_condition_unites_the_needs_of_all_its_codings() -> None:
         "Bipolar disorder with alcohol dependence",
         (Coding(ICD10CM, "F31.9"), Coding(SNOMED, "66590003")),
     )
-    assert CODE_MAP.needs_of(condition) == {"serious-mental-illness", "substance-use"}
+    assert CODE_MAP.needs_of(condition) == {
+        "serious-mental-illness",
+        "substance-use",
+        "alcohol-use",
+    }
     assert CODE_MAP.needs_of(CodedCondition("c2", "text only")) == frozenset()
 
 

@@ -147,6 +147,46 @@ def test_every_source_program_is_either_in_the_directory_or_left_out_with_a_reas
     assert all(reason.strip() for reason in excluded.values())
 
 
+def test_each_age_band_bound_is_one_the_source_states_for_that_program(
+    programs: list[Program], source: dict[str, dict[str, Any]]
+) -> None:
+    for program in programs:
+        text = source[program.id]["age_group"]
+        stated = set(re.findall(r"\d+", text))
+        for bound in (program.min_age, program.max_age):
+            if bound is None:
+                continue
+            ok = str(bound) in stated or (bound == 0 and "birth" in text)
+            ok = ok or (bound == 18 and "adult" in text and program.max_age is None)
+            assert ok, f"{program.id}: age {bound} is not in {text!r}"
+        if text.strip() in ("?", "all ages", "no age requirement"):
+            assert (program.min_age, program.max_age) == (None, None), program.id
+
+
+def test_programs_the_source_says_are_for_adults_have_an_age_band_from_18(
+    programs: list[Program], source: dict[str, dict[str, Any]]
+) -> None:
+    for program in programs:
+        if source[program.id]["age_group"] in ("adults", "perinatal adults", "18+"):
+            assert (program.min_age, program.max_age) == (18, None), program.id
+
+
+def test_the_youth_network_states_its_band_so_it_is_not_offered_to_older_adults(
+    programs: list[Program],
+) -> None:
+    youth = next(p for p in programs if p.id == "youthmove")
+    assert (youth.min_age, youth.max_age) == (10, 29)
+
+
+def test_each_substance_fellowship_carries_the_need_of_what_its_source_serves(
+    programs: list[Program],
+) -> None:
+    by_id = {p.id: p for p in programs}
+    assert by_id["aa"].needs == {"alcohol-use"}  # "Drinking problem"
+    assert by_id["na"].needs == {"drug-use"}  # "Drug use"
+    assert "substance-use" in by_id["smart"].needs  # "Any addictive behavior"
+
+
 def _keypad(text: str) -> str:
     pad = {
         c: str(d)

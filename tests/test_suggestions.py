@@ -228,6 +228,24 @@ def test_a_county_program_checks_the_county() -> None:
     }
 
 
+def test_a_california_family_sees_a_california_program_above_an_equal_national_one() -> None:
+    california = Coverage(kind="state", states=frozenset({"CA"}))
+    programs = [
+        program("a-national", {"diabetes"}, supports={"parent"}),
+        program("ca-families", {"diabetes"}, supports={"parent"}, coverage=california),
+    ]
+    t1d = dx("E10.9", "Type 1 diabetes mellitus without complications")
+    child = person(9, address=Address(state="CA", county="Fresno County"))
+    result = run(child, [t1d], programs)
+    assert ids(result) == ["ca-families", "a-national"]
+    local, national = result.suggestions
+    assert local.score > national.score
+    assert ("coverage", True, "Serves California") in reasons(result, "ca-families")
+    assert run(child, [t1d], list(reversed(programs))) == result
+    nowhere = run(person(9), [t1d], programs)
+    assert ids(nowhere) == ["a-national", "ca-families"]  # address unknown: no bonus
+
+
 def test_without_an_address_a_local_program_is_kept_but_flagged() -> None:
     montana = Coverage(kind="state", states=frozenset({"MT"}))
     result = run(person(40), [T2DM], [program("mt-only", {"diabetes"}, coverage=montana)])
@@ -259,6 +277,63 @@ def test_an_eligibility_program_is_not_suggested_to_people_outside_it() -> None:
     }
     released = dx("Z65.2", "Problems related to release from prison")
     assert ids(run(person(36), [opioid, released], programs))[0] == "reentry-recovery"
+
+
+OPIOIDS = dx("F11.20", "Opioid dependence, uncomplicated")
+ALCOHOL = dx("F10.20", "Alcohol dependence, uncomplicated")
+RECOVERY_PROGRAMS = [
+    program("alcohol-fellowship", {"alcohol-use"}, cost="free"),
+    program("drug-fellowship", {"drug-use"}, cost="free"),
+    program("any-substance", {"substance-use", "family-substance-use"}, cost="free"),
+]
+
+
+def test_opioid_dependence_gets_the_drug_program_first_and_not_the_alcohol_one() -> None:
+    result = run(person(36), [OPIOIDS], RECOVERY_PROGRAMS)
+    assert ids(result) == ["drug-fellowship", "any-substance"]
+
+
+def test_alcohol_dependence_gets_the_alcohol_program_first_and_not_the_drug_one() -> None:
+    result = run(person(52), [ALCOHOL], RECOVERY_PROGRAMS)
+    assert ids(result) == ["alcohol-fellowship", "any-substance"]
+
+
+def test_an_unspecified_substance_problem_gets_the_program_for_any_substance() -> None:
+    unspecified = dx("66214007", "Substance abuse", system=SNOMED)
+    assert ids(run(person(40), [unspecified], RECOVERY_PROGRAMS)) == ["any-substance"]
+
+
+def test_a_focused_broad_program_does_not_pass_one_for_the_specific_need() -> None:
+    # The broad one serves its single need only (full focus); the specific one has a second.
+    programs = [
+        program("broad", {"substance-use"}),
+        program("specific", {"drug-use", "reentry"}),
+    ]
+    released = dx("Z65.2", "Problems related to release from prison")
+    result = run(person(36), [OPIOIDS, released], programs)
+    assert ids(result) == ["specific", "broad"]
+    programs = [program("broad", {"substance-use"}), program("specific", {"drug-use", "weight"})]
+    assert ids(run(person(36), [OPIOIDS], programs)) == ["specific", "broad"]
+
+
+def test_the_broad_need_keeps_its_full_weight_for_a_condition_with_nothing_narrower() -> None:
+    unspecified = dx("66214007", "Substance abuse", system=SNOMED)
+    programs = [program("broad", {"substance-use"})]
+    alone = run(person(40), [unspecified], programs).suggestions[0].score
+    beside_opioids = run(person(40), [unspecified, OPIOIDS], programs).suggestions[0].score
+    only_opioids = run(person(40), [OPIOIDS], programs).suggestions[0].score
+    assert alone == beside_opioids > only_opioids
+
+
+def test_a_teenager_with_a_drug_problem_is_supported_as_themselves_too() -> None:
+    cannabis = dx("F12.20", "Cannabis dependence, uncomplicated")
+    programs = [
+        program("a-teens", {"drug-use"}, supports={"patient"}),
+        program("b-parents", {"drug-use"}, supports={"parent"}),
+    ]
+    result = run(person(16), [cannabis], programs)
+    assert ids(result) == ["a-teens", "b-parents"]
+    assert result.suggestions[0].score == result.suggestions[1].score
 
 
 # -- who is supported ----------------------------------------------------------------------------

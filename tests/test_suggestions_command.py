@@ -72,7 +72,7 @@ SEEDED_TOP3: dict[str, tuple[set[str], str | None]] = {
     "adult-lymphoma": ({"imerman", "chn"}, None),
     "adult-dementia": ({"alz"}, "alz"),
     "perinatal-ppd": ({"psi-helpline", "psi-mentor"}, None),
-    "adult-sud-opioid": ({"na", "smart"}, None),
+    "adult-sud-opioid": ({"na", "smart"}, "na"),
     "adult-smi-bipolar": ({"nami-p2p"}, None),
     "adult-cardiac-mi": ({"mendedhearts"}, "mendedhearts"),
     "adult-transplant-kidney": ({"trio"}, "trio"),

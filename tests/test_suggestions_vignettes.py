@@ -3,8 +3,9 @@
 Each `tests/vignettes/NN-*.json` is a FHIR R4 Bundle (a Patient and its Conditions, the input of
 `peerbridge suggest --bundle`); `tests/vignettes/expectations.json` says, per vignette, what a
 social worker would pick (PRODUCT.md): programs that must rank in the top 3, the one that must
-come first when the choice is clear, programs that must not be suggested, programs listed as
-excluded by a hard rule, and conditions left unmapped.
+come first when the choice is clear, programs that must stay out of the top 3 (`not_top3`),
+programs that must not be suggested, programs listed as excluded by a hard rule, and conditions
+left unmapped.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def test_vignette_ranks_the_expected_programs_in_the_top_three(
     expect = EXPECTATIONS[path.stem]
     named = [*expect["top3"], *expect["not_suggested"], *expect["excluded"]]
     named += [expect["first"]] if "first" in expect else []
+    named += expect.get("not_top3", [])
     for pid in named:
         assert directory.get(pid) is not None, f"{pid} is not in the directory"
     chart = chart_from_resources(resources_in(json.loads(path.read_text(encoding="utf-8"))))
@@ -101,6 +103,7 @@ def test_vignette_ranks_the_expected_programs_in_the_top_three(
     assert set(expect["top3"]) <= set(suggested[:3]), f"top 3: {suggested[:3]}"
     if "first" in expect:
         assert suggested[0] == expect["first"], suggested[:3]
+    assert not set(expect.get("not_top3", [])) & set(suggested[:3]), suggested[:3]
     assert not set(expect["not_suggested"]) & set(suggested), suggested
     excluded = {e.program.id for e in result.exclusions}
     assert set(expect["excluded"]) <= excluded, excluded

@@ -158,6 +158,8 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
 
     tab_until(page, text_is("^Propose referral"))
     page.keyboard.press("Enter")
+    # Tab only once the form has loaded: a Tab during navigation would act on the old page.
+    frame.get_by_role("heading", name=re.compile("^Refer to")).wait_for(timeout=WAIT_MS)
     tab_until(page, "el => el.type === 'submit'")
     page.keyboard.press("Enter")
     wait_confirmed(frame)
@@ -180,6 +182,7 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
     frame.get_by_role("heading", name="Referral worklist").wait_for(timeout=WAIT_MS)
     tab_until(page, text_is("^Complete$"))
     page.keyboard.press("Enter")
+    frame.locator("input[name='consent_given']").wait_for(timeout=WAIT_MS)
     tab_until(page, "el => el.name === 'consent_given'")
     page.keyboard.press("Space")
     page.keyboard.press("Tab")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import importlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,8 +20,6 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
-
-import simple_icd_10_cm as icd
 
 from fhir_mappings.domain import ICD10CM, SNOMED, CodedCondition, Coding, Need
 
@@ -31,6 +30,14 @@ CONCEPT_MAP_FILES = (
     DATA_DIR / "conceptmap-snomed-needs.json",
 )
 NEEDS_SYSTEM = "https://peerbridge.example.org/fhir/CodeSystem/needs"
+
+
+@cache
+def _icd() -> Any:
+    # The official code set takes over a second to load: only code maps need it, not the
+    # directory or the reference tables below.
+    return importlib.import_module("simple_icd_10_cm")
+
 
 # A patient's ICD-10-CM code: a letter, two letters or digits (QA0 is new in FY2025), then up to
 # four after the dot.
@@ -150,13 +157,13 @@ class CodeMap:
     ) -> None:
         first, _, last = source.partition("-")
         if not last:
-            if not _ICD_CODE.match(source) or not icd.is_valid_item(source):
+            if not _ICD_CODE.match(source) or not _icd().is_valid_item(source):
                 raise CodeMapError(f"{source!r} is not an ICD-10-CM code")
-            size = len(icd.get_descendants(source)) + 1
-            key = str(icd.add_dot(source))
+            size = len(_icd().get_descendants(source)) + 1
+            key = str(_icd().add_dot(source))
             self._icd_items.setdefault(key, []).append(_Rule(adds, removes, size, order))
             return
-        if not (icd.is_valid_item(first) and icd.is_valid_item(last)):
+        if not (_icd().is_valid_item(first) and _icd().is_valid_item(last)):
             raise CodeMapError(f"{source!r} is not a range of ICD-10-CM codes")
         # Ranges are expanded even when they are official blocks: the package does not list
         # every block among a code's ancestors (C50.911 has no C00-C96 above it).
@@ -171,7 +178,7 @@ class CodeMap:
             return frozenset()
         rules: list[_Rule] = []
         rules.extend(self._icd_ranges.get(code, ()))
-        for item in (code, *icd.get_ancestors(code)):
+        for item in (code, *_icd().get_ancestors(code)):
             rules.extend(self._icd_items.get(item, ()))
         needs: set[str] = set()
         for rule in sorted(rules, key=lambda r: (-r.size, r.order)):
@@ -191,22 +198,22 @@ def _canonical_icd(raw: str) -> str:
         return ""
     undotted = code.replace(".", "")
     while len(undotted) >= 3:
-        if icd.is_valid_item(undotted):
-            return str(icd.add_dot(undotted))
+        if _icd().is_valid_item(undotted):
+            return str(_icd().add_dot(undotted))
         undotted = undotted[:-1]
     return ""
 
 
 @cache
 def _sorted_codes() -> tuple[str, ...]:
-    return tuple(sorted(c for c in icd.get_all_codes(True) if _ICD_CODE.match(c)))
+    return tuple(sorted(c for c in _icd().get_all_codes(True) if _ICD_CODE.match(c)))
 
 
 def _codes_between(first: str, last: str) -> list[str]:
     """Every code from `first` through `last`, descendants of `last` included."""
     codes = _sorted_codes()
-    start = bisect.bisect_left(codes, icd.add_dot(first))
-    end = icd.add_dot(last)
+    start = bisect.bisect_left(codes, _icd().add_dot(first))
+    end = _icd().add_dot(last)
     covered = []
     for code in codes[start:]:
         if code > end and not code.startswith(end):
@@ -220,37 +227,45 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 @cache
-def _default_code_map() -> CodeMap:
-    return CodeMap(_read_json(NEEDS_FILE), [_read_json(p) for p in CONCEPT_MAP_FILES])
+def need_codesystem() -> dict[str, Any]:
+    """The need CodeSystem as FHIR JSON (read once; callers must not change it)."""
+    return _read_json(NEEDS_FILE)
 
 
 @cache
-def _us_states() -> dict[str, str]:
+def _default_code_map() -> CodeMap:
+    return CodeMap(need_codesystem(), [_read_json(p) for p in CONCEPT_MAP_FILES])
+
+
+@cache
+def us_states() -> dict[str, str]:
+    """USPS code -> state name."""
     return cast(dict[str, str], _read_json(DATA_DIR / "us-states.json")["states"])
 
 
 @cache
-def _languages() -> dict[str, str]:
+def languages() -> dict[str, str]:
+    """BCP-47 primary tag -> language name."""
     return cast(dict[str, str], _read_json(DATA_DIR / "languages.json")["languages"])
 
 
 def us_state_name(code: str) -> str:
     """'MT' -> 'Montana'; an unknown code comes back as given."""
-    return _us_states().get(code.upper(), code)
+    return us_states().get(code.upper(), code)
 
 
 def us_state_code(text: str) -> str:
     """USPS code for a code or a full name ('montana' -> 'MT'); "" when it is neither."""
     value = text.strip()
-    if value.upper() in _us_states():
+    if value.upper() in us_states():
         return value.upper()
     wanted = value.casefold()
-    return next((c for c, name in _us_states().items() if name.casefold() == wanted), "")
+    return next((c for c, name in us_states().items() if name.casefold() == wanted), "")
 
 
 def language_name(tag: str) -> str:
     """'es' or 'es-MX' -> 'Spanish'; an unknown tag comes back as given."""
-    return _languages().get(tag.split("-")[0].lower(), tag)
+    return languages().get(tag.split("-")[0].lower(), tag)
 
 
 def language_names(tags: Iterable[str]) -> str:

@@ -20,6 +20,7 @@ from urllib.parse import urlencode, urlparse
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from fhir_mappings.code_maps import languages, need_codesystem, us_states
 from fhir_mappings.domain import MODES, SUPPORTED, Contact, Coverage, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
 
@@ -41,10 +42,6 @@ GENDER_SYSTEM = "http://hl7.org/fhir/administrative-gender"
 BCP47 = "urn:ietf:bcp:47"
 UCUM = "http://unitsofmeasure.org"
 PHYSICAL_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/location-physical-type"
-# The same data files fhir_mappings.code_maps reads; read here directly, since the code map
-# also loads the ICD-10-CM code set (seconds) and the directory only needs the code lists.
-DATA_DIR = Path(__file__).resolve().parent / "data"
-NEEDS_FILE = DATA_DIR / "needs.json"
 
 MODE_DISPLAY = {
     "phone": "Phone",
@@ -107,31 +104,15 @@ class DirectoryError(Exception):
 @cache
 def need_codes() -> Mapping[str, str]:
     """Codes of the need CodeSystem and their displays."""
-    return {c["code"]: c["display"] for c in _need_codesystem()["concept"]}
-
-
-@cache
-def _need_codesystem() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(NEEDS_FILE.read_text(encoding="utf-8"))
-    return data
+    return {c["code"]: c["display"] for c in need_codesystem()["concept"]}
 
 
 def needs_system() -> str:
-    return str(_need_codesystem()["url"])
-
-
-@cache
-def _json_table(name: str, key: str) -> dict[str, str]:
-    data: dict[str, dict[str, str]] = json.loads((DATA_DIR / name).read_text(encoding="utf-8"))
-    return data[key]
-
-
-def us_states() -> Mapping[str, str]:
-    return _json_table("us-states.json", "states")
+    return str(need_codesystem()["url"])
 
 
 def language_display(tag: str) -> str:
-    return _json_table("languages.json", "languages").get(tag, tag)
+    return languages().get(tag, tag)
 
 
 # -- FHIR -> Program -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from fhir_mappings.chart import coded_conditions, patient_facts  # noqa: E402
 from fhir_mappings.code_maps import CodeMap  # noqa: E402
 from fhir_mappings.directory import load_directory_file  # noqa: E402
 from fhir_mappings.domain import ICD10CM, MODES, SUPPORTED, Coverage, Program  # noqa: E402
-from smartapp.suggestions import Directory, suggest_programs  # noqa: E402
+from smartapp.suggest.engine import Directory, suggest_programs  # noqa: E402
 
 SEED = ROOT / "ehr_sandbox" / "seed"
 TODAY = date(2026, 11, 25)

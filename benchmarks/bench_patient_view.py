@@ -37,8 +37,8 @@ from config import load_settings  # noqa: E402
 from fhir_mappings.fhir_client import FhirClient  # noqa: E402
 from launch.context import LaunchContext  # noqa: E402
 from smartapp.app import create_app  # noqa: E402
-from smartapp.demo import free_port, sandbox_command, wait_until_up  # noqa: E402
-from smartapp.patient import Filters, patient_page  # noqa: E402
+from smartapp.ops.demo import free_port, sandbox_command, wait_until_up  # noqa: E402
+from smartapp.suggest.views import Filters, patient_page  # noqa: E402
 
 SEED = ROOT / "ehr_sandbox" / "seed"
 PATIENT_ID = "adult-many-conditions"

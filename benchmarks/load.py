@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from config.settings import DEFAULT_DIRECTORY  # noqa: E402
 from fhir_mappings.directory import load_directory_file  # noqa: E402
-from smartapp.demo import (  # noqa: E402
+from smartapp.ops.demo import (  # noqa: E402
     demo_wiring,
     free_port,
     gunicorn_command,

@@ -1,2 +1,2 @@
 """PeerBridge web app: the Flask factory lives in smartapp.app; the suggestion engine
-(smartapp.suggestions) and the referral service are plain Python that import no Flask."""
+(smartapp.suggest.engine) and the referral service are plain Python that import no Flask."""

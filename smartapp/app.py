@@ -5,17 +5,14 @@ from __future__ import annotations
 from flask import Flask
 
 from config import Settings, load_settings, require_serving
-from smartapp import (
-    cds,
-    health,
-    launch_views,
-    observability,
-    patient,
-    program_directory,
-    referrals,
-    security,
-    worklist,
-)
+from smartapp import security
+from smartapp.cds import views as cds
+from smartapp.directory import store as program_directory
+from smartapp.ops import health, observability
+from smartapp.referrals import views as referrals
+from smartapp.referrals import worklist
+from smartapp.session import views as launch_views
+from smartapp.suggest import views as patient
 
 
 def create_app(settings: Settings | None = None, *, testing: bool = False) -> Flask:

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sandbox"]:
         # Everything after `sandbox`, --help included, belongs to the dev EHR's own parser.
-        from smartapp.demo import run_sandbox
+        from smartapp.ops.demo import run_sandbox
 
         return run_sandbox(argv[1:])
     parser = argparse.ArgumentParser(prog="peerbridge", description=__doc__)
@@ -93,27 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from smartapp.demo import run_demo
+            from smartapp.ops.demo import run_demo
 
             return run_demo(args)
         if args.command == "serve":
-            from smartapp.demo import run_serve
+            from smartapp.ops.demo import run_serve
 
             return run_serve(args)
         if args.command == "sandbox":
-            from smartapp.demo import run_sandbox
+            from smartapp.ops.demo import run_sandbox
 
             return run_sandbox(args.args)
         if args.command == "suggest":
-            from smartapp.suggest_command import run_suggest
+            from smartapp.suggest.command import run_suggest
 
             return run_suggest(args)
         if args.command == "directory":
-            from smartapp.directory_command import run_directory
+            from smartapp.directory.command import run_directory
 
             return run_directory(args)
         if args.command == "check":
-            from smartapp.check_command import run_check
+            from smartapp.ops.check import run_check
 
             return run_check(args)
     except SettingsError as exc:

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from config import Settings, load_settings
-from smartapp.demo import free_port, sandbox_command, wait_until_up
+from smartapp.ops.demo import free_port, sandbox_command, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSPECIALIST = "Practitioner/subspecialist-1"
@@ -139,7 +139,7 @@ def app_settings(sandbox: Sandbox, tmp_path: Path, **sections: dict[str, Any]) -
 def adopt_launch(client: Any, app: Any, token: dict[str, Any], iss: str) -> str:
     """Register a launch from a token response (e.g. `sandbox.mint_token(...)`) in `app`, bound
     to the Flask test client's browser session; returns the handle for `/l/<handle>/...` URLs."""
-    from smartapp.launch_session import BINDING_KEY, launch_store
+    from smartapp.session.current import BINDING_KEY, launch_store
 
     with client.session_transaction() as session:
         binding = session.get(BINDING_KEY) or secrets.token_urlsafe(24)

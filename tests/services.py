@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from smartapp.demo import free_port
+from smartapp.ops.demo import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

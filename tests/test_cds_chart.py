@@ -27,8 +27,8 @@ from werkzeug.wrappers import Request, Response
 from config import load_settings
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from smartapp.app import create_app
-from smartapp.cds_service import PREFETCH
-from smartapp.demo import demo_wiring, free_port, sandbox_command, wait_until_up
+from smartapp.cds.service import PREFETCH
+from smartapp.ops.demo import demo_wiring, free_port, sandbox_command, wait_until_up
 from tests.conftest import SUBSPECIALIST
 
 HOST = "127.0.0.1"

@@ -19,8 +19,8 @@ from fhir_mappings.code_maps import CodeMap
 from fhir_mappings.directory import load_directory_file
 from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient
-from smartapp.cds_service import FeedbackStore, PatientViewRequest, PatientViewService
-from smartapp.suggestions import Directory, suggest_programs
+from smartapp.cds.service import FeedbackStore, PatientViewRequest, PatientViewService
+from smartapp.suggest.engine import Directory, suggest_programs
 from tests.cds_support import (
     DISCOVERY_URL,
     FEEDBACK_URL,

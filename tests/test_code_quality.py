@@ -42,10 +42,65 @@ def test_the_app_never_imports_the_dev_ehr_and_the_dev_ehr_never_imports_the_app
     assert [str(p) for p in (ROOT / "ehr_sandbox").rglob("*.py") if _imports(p) & ours] == []
 
 
-def test_the_suggestion_engine_and_referral_service_import_no_flask() -> None:
-    for name in ("suggestions", "referral_service", "outbox"):
-        path = ROOT / "smartapp" / f"{name}.py"
-        assert "flask" not in _imports(path), name
+FEATURES = sorted(
+    p.parent.name for p in (ROOT / "smartapp").glob("*/__init__.py") if p.parent.name != "templates"
+)
+# Plain-Python layers of a feature: the engine, services, stores, commands. Only views and forms
+# (and the launch-context glue in session/current.py) may know Flask.
+FLASK_FREE_STEMS = {"engine", "service", "outbox", "auth", "command", "check", "demo", "models"}
+
+
+def _feature_modules() -> list[Path]:
+    return [p for feature in FEATURES for p in (ROOT / "smartapp" / feature).glob("*.py")]
+
+
+def test_smartapp_is_grouped_by_feature() -> None:
+    assert set(FEATURES) >= {"session", "suggest", "referrals", "directory", "cds", "ops"}
+    top = sorted(p.name for p in (ROOT / "smartapp").glob("*.py"))
+    # The factory, the CLI entry and the shared web pieces only; every capability has its folder.
+    assert top == [
+        "__init__.py",
+        "app.py",
+        "cli.py",
+        "security.py",
+        "smart_style.py",
+        "ui_text.py",
+        "wsgi.py",
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _feature_modules() if p.stem in FLASK_FREE_STEMS]
+    + [ROOT / "smartapp" / "session" / "store.py"],
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_services_and_engines_import_no_flask(path: Path) -> None:
+    assert not {"flask", "flask_wtf", "flask_session", "werkzeug"} & _imports(path)
+
+
+def _full_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+def test_no_feature_imports_another_features_views(feature: str) -> None:
+    offenders = []
+    for path in (ROOT / "smartapp" / feature).glob("*.py"):
+        for name in _full_imports(path):
+            parts = name.split(".")
+            if len(parts) >= 3 and parts[0] == "smartapp" and parts[2] == "views":
+                if parts[1] != feature:
+                    offenders.append(f"{path.name}: {name}")
+    assert offenders == []
 
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed by the test extra")

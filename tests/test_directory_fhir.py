@@ -15,7 +15,7 @@ from config.settings import DEFAULT_DIRECTORY
 from fhir_mappings.directory import fetch_directory, load_directory_file, programs_to_bundle
 from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient
-from smartapp import program_directory
+from smartapp.directory import store as program_directory
 from tests.conftest import Sandbox, app_settings
 
 # A national, a state, a county and a five-county program, two sharing one Organization.
@@ -110,5 +110,5 @@ def test_app_start_loads_the_shipped_directory_once_and_keeps_it_on_the_app(
     program_directory.init_app(app, app_settings(sandbox, tmp_path))
     with app.app_context():
         assert len(program_directory.current_programs()) >= 40
-    # The matching engine's Directory is built too once smartapp.suggestions exists.
-    assert program_directory.directory_loaded(app) == bool(find_spec("smartapp.suggestions"))
+    # The matching engine's Directory is built too once smartapp.suggest.engine exists.
+    assert program_directory.directory_loaded(app) == bool(find_spec("smartapp.suggest.engine"))

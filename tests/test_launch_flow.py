@@ -109,7 +109,7 @@ def test_public_client_ehr_launch_lands_on_the_patient_page_with_its_context(
     client = app.test_client()
     handle = _handle_of(_ehr_launch(client, sandbox, "peds-down", encounter="", intent="reconcile"))
     with app.app_context():
-        from smartapp.launch_session import launch_store
+        from smartapp.session.current import launch_store
 
         ctx = launch_store().context(handle)
     assert ctx.patient_id == "peds-down"
@@ -282,7 +282,7 @@ def test_authorize_request_carries_pkce_s256_state_nonce_and_aud(
 def test_long_authorize_request_is_an_auto_submitting_post_form_with_a_nonced_script(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    from smartapp.launch_session import launch_store
+    from smartapp.session.current import launch_store
 
     app = _public_app(sandbox, tmp_path)
     launch_store(app).authorize_post_over = 0  # treat our scope string as long
@@ -528,7 +528,7 @@ def test_concurrent_refreshes_of_one_launch_make_one_token_call(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from smartapp.launch_session import launch_store
+    from smartapp.session.current import launch_store
 
     client_id = _client_id("public")
     _register(sandbox, client_id, "public")
@@ -548,7 +548,7 @@ def test_concurrent_refreshes_of_one_launch_make_one_token_call(
 def test_background_client_for_a_stored_launch_reads_fhir_outside_a_request(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    from smartapp.launch_session import launch_store
+    from smartapp.session.current import launch_store
 
     client_id = _client_id("public")
     _register(sandbox, client_id, "public")
@@ -613,7 +613,7 @@ def redis_url(tmp_path: Path) -> Any:
     import shutil
     import subprocess
 
-    from smartapp.demo import free_port
+    from smartapp.ops.demo import free_port
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")

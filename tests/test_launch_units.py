@@ -33,7 +33,7 @@ from launch.id_token import relative_fhir_user, verify_id_token
 from launch.pkce import new_verifier, s256_challenge
 from launch.scopes import missing_abilities, permissions, requested_scopes
 from launch.token import TokenResponse
-from smartapp.session_store import SqliteKeyValue
+from smartapp.session.store import SqliteKeyValue
 from tests.conftest import Sandbox
 
 TOKEN_ENDPOINT = "https://ehr.example/auth/token"

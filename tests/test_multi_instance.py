@@ -18,12 +18,12 @@ from sqlalchemy import select
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from fhir_mappings.fhir_client import FhirClient
-from smartapp import program_directory
 from smartapp.app import create_app
-from smartapp.demo import free_port
-from smartapp.launch_session import launch_store
-from smartapp.outbox import Outbox, outbox_table
-from smartapp.referrals import SERVICE
+from smartapp.directory import store as program_directory
+from smartapp.ops.demo import free_port
+from smartapp.referrals.outbox import Outbox, outbox_table
+from smartapp.referrals.views import SERVICE
+from smartapp.session.current import launch_store
 from tests.conftest import Sandbox, app_settings
 from tests.services import PostgresServer, RedisServer
 

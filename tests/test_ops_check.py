@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 from config import load_settings
-from smartapp.check_command import FAIL, PASS, WARN, CheckResult, check_settings, render_table
+from smartapp.ops.check import FAIL, PASS, WARN, CheckResult, check_settings, render_table
 from tests.conftest import ROOT, Sandbox
 
 APP = "http://127.0.0.1:8765"
@@ -263,7 +263,7 @@ def test_a_refused_authorization_request_fails_the_registration_check(
 
 
 def test_an_unreachable_discovery_fails_and_the_cli_exits_non_zero(tmp_path: Path) -> None:
-    from smartapp.demo import free_port
+    from smartapp.ops.demo import free_port
 
     iss = f"http://127.0.0.1:{free_port()}/fhir"
     results = check_settings(_settings(iss, tmp_path))

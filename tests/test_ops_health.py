@@ -13,9 +13,9 @@ from pathlib import Path
 import requests
 from flask import Flask
 
-from smartapp import program_directory
 from smartapp.app import create_app
-from smartapp.demo import demo_wiring, free_port, gunicorn_command, wait_until_up
+from smartapp.directory import store as program_directory
+from smartapp.ops.demo import demo_wiring, free_port, gunicorn_command, wait_until_up
 from tests.conftest import ROOT, Sandbox, app_settings
 
 

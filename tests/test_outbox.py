@@ -19,8 +19,8 @@ from config.settings import ReferralSettings
 from fhir_mappings.domain import Program, Referral
 from fhir_mappings.fhir_client import FhirClient
 from fhir_mappings.referral import referral_transaction
-from smartapp.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, RetryWorker
-from smartapp.referral_service import Actor, ReferralService
+from smartapp.referrals.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, RetryWorker
+from smartapp.referrals.service import Actor, ReferralService
 from tests.conftest import SUBSPECIALIST, Sandbox
 
 SYSTEM = ReferralSettings().identifier_system

@@ -30,9 +30,9 @@ from fhir_mappings.domain import (
     SuggestionResult,
 )
 from launch.context import LaunchContext
-from smartapp import patient as patient_view
 from smartapp.app import create_app
 from smartapp.smart_style import safe_value, style_css
+from smartapp.suggest import views as patient_view
 
 TODAY = date(2026, 11, 25)
 FULL_SCOPES = frozenset(

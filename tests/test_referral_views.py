@@ -14,11 +14,11 @@ from flask.testing import FlaskClient
 
 from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient
-from smartapp import program_directory
 from smartapp.app import create_app
-from smartapp.launch_session import BINDING_KEY, launch_store
-from smartapp.referral_service import ReferralService
-from smartapp.referrals import SERVICE
+from smartapp.directory import store as program_directory
+from smartapp.referrals.service import ReferralService
+from smartapp.referrals.views import SERVICE
+from smartapp.session.current import BINDING_KEY, launch_store
 from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, Sandbox, app_settings
 
 PATIENT = "peds-chd-hlhs"

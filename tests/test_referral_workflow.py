@@ -15,8 +15,8 @@ from config.settings import ReferralSettings
 from fhir_mappings.domain import Consent, Program
 from fhir_mappings.fhir_client import FhirClient
 from fhir_mappings.referral import Completion
-from smartapp.outbox import Outbox
-from smartapp.referral_service import Actor, ReferralError, ReferralService
+from smartapp.referrals.outbox import Outbox
+from smartapp.referrals.service import Actor, ReferralError, ReferralService
 from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, Sandbox
 
 PATIENT = "peds-chd-hlhs"

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from smartapp.demo import free_port, sandbox_command, wait_until_up
+from smartapp.ops.demo import free_port, sandbox_command, wait_until_up
 from tests.conftest import Sandbox
 
 APP = "http://app.test"

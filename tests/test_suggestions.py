@@ -23,7 +23,7 @@ from fhir_mappings.domain import (
     ResourceProblem,
     SuggestionResult,
 )
-from smartapp.suggestions import Directory, suggest_programs
+from smartapp.suggest.engine import Directory, suggest_programs
 
 TODAY = date(2026, 6, 1)
 CODE_MAP = CodeMap.load_default()

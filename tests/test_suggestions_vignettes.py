@@ -23,7 +23,7 @@ from fhir_mappings.chart import chart_from_resources, resources_in
 from fhir_mappings.code_maps import CodeMap
 from fhir_mappings.directory import load_directory_file
 from fhir_mappings.domain import Preferences
-from smartapp.suggestions import Directory, suggest_programs
+from smartapp.suggest.engine import Directory, suggest_programs
 
 HERE = Path(__file__).parent / "vignettes"
 VIGNETTES = sorted(HERE.glob("[0-9][0-9]-*.json"))

@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 import requests
 
-from smartapp.demo import demo_wiring, free_port, gunicorn_command, sandbox_command, wait_until_up
+from smartapp.ops.demo import (
+    demo_wiring,
+    free_port,
+    gunicorn_command,
+    sandbox_command,
+    wait_until_up,
+)
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"

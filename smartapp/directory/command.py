@@ -14,7 +14,7 @@ from fhir_mappings.directory import (
     programs_to_bundle,
     validate_bundle,
 )
-from smartapp.program_directory import load_programs
+from smartapp.directory.store import load_programs
 
 
 def run_directory(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
 
 if TYPE_CHECKING:
-    from smartapp.suggestions import Directory
+    from smartapp.suggest.engine import Directory
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load_programs(settings: Settings) -> list[Program]:
 
 def build_directory(programs: list[Program]) -> Directory:
     """The matching engine's Directory index of the programs."""
-    from smartapp.suggestions import Directory
+    from smartapp.suggest.engine import Directory
 
     return Directory.build(programs)
 
@@ -69,7 +69,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         app.extensions[DIRECTORY_KEY] = build_directory(programs)
     except ImportError:
         # The matching engine is optional for the directory itself (e.g. during development).
-        log.warning("smartapp.suggestions is missing: directory kept as a plain program list")
+        log.warning("smartapp.suggest.engine is missing: directory kept as a plain program list")
         app.extensions[DIRECTORY_KEY] = None
     log.info(
         "program directory loaded: %d programs from %s",
@@ -81,7 +81,7 @@ def init_app(app: Flask, settings: Settings) -> None:
 
 
 def current_directory() -> Directory:
-    """The Directory built at start for the current app (smartapp.suggestions.Directory)."""
+    """The Directory built at start for the current app (smartapp.suggest.engine.Directory)."""
     directory: Directory | None = current_app.extensions.get(DIRECTORY_KEY)
     if directory is None:
         raise RuntimeError("the program directory is not loaded (program_directory.init_app)")

@@ -46,7 +46,7 @@ from fhir_mappings.referral import (
     search_referrals,
     update_transaction,
 )
-from smartapp.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, OutboxEntry
+from smartapp.referrals.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, OutboxEntry
 
 State = Literal["pending", "confirmed", "failed", "waiting-auth", "unknown"]
 

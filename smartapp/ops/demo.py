@@ -150,7 +150,7 @@ def gunicorn_command(bind: str, *, workers: int) -> list[str]:
         "-m",
         "gunicorn",
         "--config",
-        "python:smartapp.gunicorn_conf",
+        "python:smartapp.ops.gunicorn_conf",
         "--bind",
         bind,
         "--workers",

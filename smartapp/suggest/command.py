@@ -44,8 +44,8 @@ def run_suggest(args: argparse.Namespace, out: TextIO | None = None) -> int:
         settings = _settings(args.directory)
         chart = _chart(args, settings)
         # Imported here: program_directory brings Flask, which the input checks above do not need.
-        from smartapp.program_directory import build_directory, load_programs
-        from smartapp.suggestions import suggest_programs
+        from smartapp.directory.store import build_directory, load_programs
+        from smartapp.suggest.engine import suggest_programs
 
         directory = build_directory(load_programs(settings))
         result = suggest_programs(

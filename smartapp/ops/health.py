@@ -17,15 +17,15 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from config import Settings
-from smartapp import program_directory
-from smartapp.launch_session import launch_store
+from smartapp.directory import store as program_directory
+from smartapp.session.current import launch_store
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
 _ENGINE = "peerbridge.readyz_engine"
-_OUTBOX_SERVICE = "peerbridge.referrals"  # smartapp.referrals.SERVICE, read without importing views
+_OUTBOX_SERVICE = "peerbridge.referrals"  # referrals.views.SERVICE, not imported
 
 
 @bp.get("/healthz")

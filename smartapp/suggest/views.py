@@ -1,7 +1,7 @@
 """The patient view of one launch (`/l/<handle>/patient`): banner, ranked suggestions with their
 reasons, filters, excluded programs, unmapped conditions with a directory search, and the
 printable family handout. Thin: the chart comes from `fhir_mappings.chart`, the ranking from
-`smartapp.suggestions`; this module only chooses what to show.
+`smartapp.suggest.engine`; this module only chooses what to show.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from fhir_mappings.domain import MODES, SUPPORTED, PatientFacts, Program, Sugges
 from fhir_mappings.fhir_client import FhirClient
 from launch.context import LaunchContext
 from smartapp import ui_text
-from smartapp.launch_session import current_launch, fhir_client, launch_routes
-from smartapp.program_directory import current_directory
+from smartapp.directory.store import current_directory
+from smartapp.session.current import current_launch, fhir_client, launch_routes
 from smartapp.smart_style import fetch_style_css
-from smartapp.suggestions import Directory, suggest_programs
+from smartapp.suggest.engine import Directory, suggest_programs
 
-bp = Blueprint("patient", __name__, url_prefix="/l/<handle>")
+bp = Blueprint("patient", __name__, url_prefix="/l/<handle>", template_folder="templates")
 launch_routes(bp)
 
 COVERAGE_CHOICES = (("", "Anywhere"), ("covers", "Covers the patient's area"))

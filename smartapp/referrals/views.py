@@ -28,17 +28,17 @@ from fhir_mappings.chart import Chart, ChartError, read_chart
 from fhir_mappings.domain import Consent, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from fhir_mappings.referral import CONTACT_WORDS, OUTCOME_WORDS, Completion
-from smartapp.launch_session import current_launch, fhir_client, launch_routes, launch_store
-from smartapp.outbox import Outbox, RetryWorker
-from smartapp.program_directory import current_programs
-from smartapp.referral_forms import CompleteForm, OutcomeForm, ProposeForm
-from smartapp.referral_service import Actor, ReferralError, ReferralService, Tracking
+from smartapp.directory.store import current_programs
+from smartapp.referrals.forms import CompleteForm, OutcomeForm, ProposeForm
+from smartapp.referrals.outbox import Outbox, RetryWorker
+from smartapp.referrals.service import Actor, ReferralError, ReferralService, Tracking
+from smartapp.session.current import current_launch, fhir_client, launch_routes, launch_store
 
 SERVICE = "peerbridge.referrals"
 WORKER = "peerbridge.outbox_worker"
 WRITTEN_TYPES = ("ServiceRequest", "Task", "Provenance", "Consent", "Device")
 
-bp = Blueprint("referrals", __name__, url_prefix="/l/<handle>")
+bp = Blueprint("referrals", __name__, url_prefix="/l/<handle>", template_folder="templates")
 launch_routes(bp)
 
 

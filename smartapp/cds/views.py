@@ -15,15 +15,15 @@ from sqlalchemy import create_engine
 
 from config import Settings
 from fhir_mappings.code_maps import CodeMap
-from smartapp.cds_auth import CdsAuthError, CdsJwtVerifier, JtiStore, JwksCache
-from smartapp.cds_service import (
+from smartapp.cds.auth import CdsAuthError, CdsJwtVerifier, JtiStore, JwksCache
+from smartapp.cds.service import (
     FHIR_TIMEOUT_SECONDS,
     CdsRequestError,
     DataUnavailable,
     FeedbackStore,
     PatientViewService,
 )
-from smartapp.program_directory import current_directory
+from smartapp.directory.store import current_directory
 from smartapp.security import csrf
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from config import Settings
 from fhir_mappings.fhir_client import FhirAuthError, FhirError, FhirUnavailable
 from launch.client_auth import public_jwks
 from launch.errors import LaunchError
-from smartapp.launch_session import (
+from smartapp.session.current import (
     browser_binding,
     current_launch,
     fhir_client,
@@ -35,11 +35,11 @@ from smartapp.launch_session import (
     launch_routes,
     launch_store,
 )
-from smartapp.session_store import KeyValue, LaunchStore
+from smartapp.session.store import KeyValue, LaunchStore
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("launch", __name__)
+bp = Blueprint("launch", __name__, template_folder="templates")
 about_bp = Blueprint("launch_about", __name__, url_prefix="/l/<handle>")
 launch_routes(about_bp)
 

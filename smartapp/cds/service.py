@@ -32,7 +32,7 @@ from fhir_mappings.domain import (
 )
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from fhir_mappings.referral import REFERRAL_CODE, referral_view
-from smartapp.suggestions import Directory, suggest_programs
+from smartapp.suggest.engine import Directory, suggest_programs
 
 SERVICE_ID = "peerbridge-peer-support"
 HOOK = "patient-view"

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from flask import Blueprint, Flask, Response, render_template, request
 
 from config import Settings
-from smartapp.launch_session import current_launch, fhir_client, launch_routes
-from smartapp.referrals import current_actor, referral_service
+from smartapp.referrals.views import current_actor, referral_service
+from smartapp.session.current import current_launch, fhir_client, launch_routes
 
-bp = Blueprint("worklist", __name__, url_prefix="/l/<handle>")
+bp = Blueprint("worklist", __name__, url_prefix="/l/<handle>", template_folder="templates")
 launch_routes(bp)
 
 

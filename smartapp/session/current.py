@@ -26,7 +26,7 @@ from flask import Blueprint, Flask, current_app, g, session
 from fhir_mappings.fhir_client import FhirClient
 from launch.context import LaunchContext
 from launch.errors import LaunchError
-from smartapp.session_store import LaunchStore
+from smartapp.session.store import LaunchStore
 
 __all__ = [
     "BINDING_KEY",

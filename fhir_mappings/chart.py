@@ -309,12 +309,19 @@ def read_chart(
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="chart") as pool:
         patient_future = pool.submit(client.read, "Patient", patient_id)
         conditions_future = pool.submit(
-            lambda: list(client.search("Condition", {"patient": patient_id, "_count": page_size}))
+            lambda: list(
+                client.search(
+                    "Condition", {"patient": f"Patient/{patient_id}", "_count": page_size}
+                )
+            )
         )
         related_future = (
             pool.submit(
                 lambda: list(
-                    client.search("RelatedPerson", {"patient": patient_id, "_count": page_size})
+                    client.search(
+                        "RelatedPerson",
+                        {"patient": f"Patient/{patient_id}", "_count": page_size},
+                    )
                 )
             )
             if with_related

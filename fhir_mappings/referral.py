@@ -6,6 +6,8 @@ SDOHCC-TaskForReferralManagement, SDOHCC-Consent and US Core Provenance (docs/re
 Every write is a Bundle whose entries are idempotent on their own: creates carry `ifNoneExist`
 (identifiers; for Provenance, its target plus its exact `recorded` instant) and updates are PUTs
 of complete resources, so sending the same Bundle again never makes a second resource.
+`send_bundle` writes Provenance last, against the real references, because servers such as
+Medplum resolve no `urn:uuid` placeholder inside `ifNoneExist` and run transactions as batches.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from __future__ import annotations
 import copy
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from fhir_mappings.chart import ChartError, patient_facts
 from fhir_mappings.domain import SNOMED, Consent, ContactPreference, Program, Referral
-from fhir_mappings.fhir_client import FhirClient, FhirError
+from fhir_mappings.fhir_client import FhirAuthError, FhirClient, FhirError
 
 Resource = dict[str, Any]
 
@@ -532,21 +534,93 @@ def can_use_transaction(client: FhirClient) -> bool:
 def send_bundle(
     client: FhirClient, bundle: Resource, *, use_transaction: bool | None = None
 ) -> WriteResult:
-    """Write a Bundle from this module: as one transaction when the server supports it (with
-    conditional create), else entry by entry: search by each `ifNoneExist`, create when absent."""
+    """Write a Bundle from this module so that sending it again writes nothing new.
+
+    Everything but Provenance goes first: as one transaction when the server supports it (with
+    conditional create), else entry by entry (search by each `ifNoneExist`, create when absent).
+    Each entry's answer is checked, as servers that run a transaction as a batch (Medplum) answer
+    200 with failed entries. Provenance goes second, against the real references: servers differ
+    in resolving `urn:uuid` placeholders inside `ifNoneExist` and in matching an exact instant,
+    so PeerBridge finds an earlier copy itself (`write_provenance`)."""
     if use_transaction is None:
         use_transaction = can_use_transaction(client)
-    if use_transaction:
-        response = client.transaction(bundle)
-        return _result_of(bundle, response.get("entry", []), True)
-    return _send_stepwise(client, bundle)
-
-
-def _send_stepwise(client: FhirClient, bundle: Resource) -> WriteResult:
+    entries = bundle.get("entry", [])
+    first = [e for e in entries if e["resource"]["resourceType"] != "Provenance"]
+    later = [e for e in entries if e["resource"]["resourceType"] == "Provenance"]
     mapping: dict[str, str] = {}
+    if use_transaction:
+        response = client.transaction(_transaction(first))
+        results = _checked_entries(first, response)
+        for sent, result in zip(first, results, strict=True):
+            if sent.get("fullUrl"):
+                rtype = sent["resource"]["resourceType"]
+                mapping[sent["fullUrl"]] = (
+                    f"{rtype}/{result.get('resource', {}).get('id') or _id_from_location(result)}"
+                )
+    else:
+        results = _send_stepwise(client, first, mapping)
+    for entry in later:
+        saved, created = write_provenance(client, _resolve(entry["resource"], mapping))
+        status = "201 Created" if created else "200 OK"
+        results.append({"resource": saved, "response": {"status": status}})
+    return _result_of([*first, *later], results, use_transaction)
+
+
+def _checked_entries(sent: list[Resource], response: Resource) -> list[Resource]:
+    """The response entries, one per sent entry; a failed entry raises like a failed request."""
+    results = list(response.get("entry") or [])
+    if len(results) != len(sent):
+        raise ValueError(f"{len(results)} answers for {len(sent)} entries")
+    for entry, result in zip(sent, results, strict=True):
+        status_text = str(result.get("response", {}).get("status", ""))
+        code = int(status_text.split()[0]) if status_text[:3].isdigit() else 0
+        if code >= 400 or code == 0:
+            outcome = result.get("response", {}).get("outcome") or result.get("resource")
+            detail = _outcome_text(outcome)
+            rtype = entry["resource"]["resourceType"]
+            message = f"POST transaction: the EHR refused the {rtype} ({status_text}"
+            raise FhirError(code, message + (f": {detail})" if detail else ")"), outcome)
+    return results
+
+
+def _outcome_text(outcome: Any) -> str:
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return ""
+    issue: Resource = next(iter(outcome.get("issue", [])), {})
+    return str(issue.get("diagnostics") or issue.get("details", {}).get("text", ""))
+
+
+def write_provenance(client: FhirClient, provenance: Resource) -> tuple[Resource, bool]:
+    """Create a Provenance unless one for the same first target and `recorded` instant exists
+    (compared to the millisecond: servers store instants at different precisions). Returns the
+    resource and whether it was created. One outbox row writes each Provenance, one sender at
+    a time, so the search-then-create needs no lock; a server that offers conditional create
+    also gets the equivalent `If-None-Exist`."""
+    target = str(provenance["target"][0]["reference"])
+    recorded = _parse_instant(str(provenance.get("recorded", "")))
+    try:
+        for found in client.search("Provenance", {"target": target, "_count": 100}):
+            when = _parse_instant(str(found.get("recorded", "")))
+            if when is not None and recorded is not None and abs(when - recorded) < _MILLISECOND:
+                return found, False
+    except FhirAuthError:
+        pass  # no Provenance search in the grant: rely on the server's conditional create
+    query = urlencode({"target": target, "recorded": provenance["recorded"]}, safe="|:/")
+    conditional = client.supports("Provenance", "conditional-create")
+    created = client.create(provenance, if_none_exist=query if conditional else None)
+    saved = created.resource or {**provenance, "id": created.id}
+    return saved, created.status == 201
+
+
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def _send_stepwise(
+    client: FhirClient, entries: list[Resource], mapping: dict[str, str]
+) -> list[Resource]:
     results: list[Resource] = []
     conditional = client.supports("ServiceRequest", "conditional-create")
-    for entry in bundle.get("entry", []):
+    for entry in entries:
         request = entry["request"]
         resource = _resolve(entry["resource"], mapping)
         if request["method"] == "PUT":
@@ -567,7 +641,7 @@ def _send_stepwise(client: FhirClient, bundle: Resource) -> WriteResult:
             status = "201 Created" if created.status == 201 else "200 OK"
         mapping[entry["fullUrl"]] = f"{rtype}/{saved['id']}"
         results.append({"resource": saved, "response": {"status": status}})
-    return _result_of(bundle, results, False)
+    return results
 
 
 def _resolve(value: Any, mapping: dict[str, str]) -> Any:
@@ -585,12 +659,14 @@ def _resolve_query(query: str, mapping: dict[str, str]) -> str:
     return urlencode(pairs, safe="|:/")
 
 
-def _result_of(bundle: Resource, results: list[Resource], used_transaction: bool) -> WriteResult:
+def _result_of(
+    entries: list[Resource], results: list[Resource], used_transaction: bool
+) -> WriteResult:
     """The referral's ids: its created (or matched) ServiceRequest and Task; in an update Bundle,
     the ones PUT."""
     ids: dict[tuple[str, str], str] = {}
     created = []
-    for sent, result in zip(bundle.get("entry", []), results, strict=False):
+    for sent, result in zip(entries, results, strict=False):
         resource = result.get("resource") or {}
         rtype = str(sent["resource"]["resourceType"])
         rid = str(resource.get("id") or _id_from_location(result))
@@ -757,8 +833,9 @@ def search_referrals(
     params: dict[str, str | int] = {"identifier": f"{system}|", "_count": page_size}
     task_params: dict[str, str | int] = {"identifier": f"{system}|", "_count": page_size}
     if patient_id:
-        params["patient"] = patient_id
-        task_params["patient"] = patient_id
+        # The typed form: some servers (Medplum) match a bare id only for single-target params.
+        params["patient"] = f"Patient/{patient_id}"
+        task_params["patient"] = f"Patient/{patient_id}"
     requests = list(client.search("ServiceRequest", params))
     tasks: dict[str, Resource] = {}
     try:

@@ -18,6 +18,7 @@ import requests
 
 from config import Settings, load_settings
 from smartapp.ops.demo import free_port, sandbox_command, wait_until_up
+from tests.medplum_server import Medplum, start_medplum
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBSPECIALIST = "Practitioner/subspecialist-1"
@@ -116,6 +117,28 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     box.process.terminate()
     box.process.wait(timeout=10)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def medplum() -> Iterator[Medplum]:
+    """Medplum's FHIR engine on a free loopback port, seeded like the dev EHR."""
+    server = start_medplum()
+    yield server
+    server.stop()
+
+
+FhirServer = Sandbox | Medplum
+
+
+@pytest.fixture(params=["dev-ehr", "medplum"])
+def fhir_server(request: pytest.FixtureRequest) -> Iterator[FhirServer]:
+    """Each test using it runs against the dev EHR and against Medplum's FHIR engine."""
+    server: FhirServer = request.getfixturevalue(
+        "sandbox" if request.param == "dev-ehr" else "medplum"
+    )
+    server.clear_faults()
+    yield server
+    server.clear_faults()
 
 
 def app_settings(sandbox: Sandbox, tmp_path: Path, **sections: dict[str, Any]) -> Settings:

@@ -393,3 +393,18 @@ def test_a_failing_condition_search_fails_the_chart(sandbox: Any) -> None:
             read_chart(client, "peds-down")
     finally:
         sandbox.clear_faults()
+
+
+def test_read_chart_pages_through_every_condition_on_the_dev_ehr_and_medplum(
+    fhir_server: Any,
+) -> None:
+    client = _client(fhir_server, "adult-many-conditions")
+    params = {"patient": "Patient/adult-many-conditions", "_count": 20}
+    pages = list(client.search_pages("Condition", params))
+    assert len(pages) == 6 and all(len(p.get("entry", [])) <= 20 for p in pages)
+    everything = [e["resource"] for p in pages for e in p.get("entry", [])]
+    assert len({r["id"] for r in everything}) == len(everything) == 111
+    chart = read_chart(client, "adult-many-conditions", page_size=20)
+    expected_kept, _ = coded_conditions(everything)
+    assert [c.id for c in chart.conditions] == [c.id for c in expected_kept]
+    assert 0 < len(chart.conditions) < 111

@@ -1,6 +1,7 @@
-"""The durable outbox against the dev EHR: faults around the write (timeout, 5xx, dropped
-connection, lost response, 401 with and without refresh), double submits, restarts and two
-senders; every submission ends as exactly one ServiceRequest and one Task."""
+"""The durable outbox against the dev EHR (the fault tests also against Medplum's FHIR engine):
+faults around the write (timeout, 5xx, dropped connection, lost response, 401 with and without
+refresh), double submits, restarts and two senders; every submission ends as exactly one
+ServiceRequest, one Task and one Provenance."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from fhir_mappings.fhir_client import FhirClient
 from fhir_mappings.referral import referral_transaction
 from smartapp.referrals.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, RetryWorker
 from smartapp.referrals.service import Actor, ReferralService
-from tests.conftest import SUBSPECIALIST, Sandbox
+from tests.conftest import SUBSPECIALIST, FhirServer, Sandbox
 
 SYSTEM = ReferralSettings().identifier_system
 PATIENT = "peds-chd-hlhs"
@@ -78,7 +79,7 @@ def clock() -> Clock:
     return Clock()
 
 
-def make_client(sandbox: Sandbox, *, refresh: bool = True, **kwargs: Any) -> FhirClient:
+def make_client(sandbox: FhirServer, *, refresh: bool = True, **kwargs: Any) -> FhirClient:
     holder = {"token": sandbox.mint_token(PATIENT, SCOPE)["access_token"]}
 
     def fresh() -> str:
@@ -141,18 +142,21 @@ def propose(service: ReferralService, client: FhirClient, identifier: str) -> st
 def assert_exactly_one(client: FhirClient, identifier: str) -> None:
     assert in_ehr(client, "ServiceRequest", identifier) == 1
     assert in_ehr(client, "Task", identifier) == 1
+    sr = next(client.search("ServiceRequest", {"identifier": f"{SYSTEM}|{identifier}"}))
+    provenances = list(client.search("Provenance", {"target": f"ServiceRequest/{sr['id']}"}))
+    assert len(provenances) == 1
 
 
 @pytest.mark.parametrize(
     ("kind", "delay"), [("timeout", 1.5), ("500", 0.0), ("503", 0.0), ("reset", 0.0)]
 )
 def test_a_failed_write_stays_pending_then_one_retry_writes_exactly_one_referral(
-    sandbox: Sandbox, tmp_path: Path, clock: Clock, kind: str, delay: float
+    fhir_server: FhirServer, tmp_path: Path, clock: Clock, kind: str, delay: float
 ) -> None:
-    client = make_client(sandbox, timeout=1.0)
+    client = make_client(fhir_server, timeout=1.0)
     service = make_service(tmp_path, clock)
     identifier = str(uuid.uuid4())
-    sandbox.inject_fault(kind, method="POST", path="/fhir", count=1, delay=delay)
+    fhir_server.inject_fault(kind, method="POST", path="/fhir", count=1, delay=delay)
 
     assert propose(service, client, identifier) == "pending"
     entry = service.outbox.get(f"{identifier}:create")
@@ -168,12 +172,12 @@ def test_a_failed_write_stays_pending_then_one_retry_writes_exactly_one_referral
 
 
 def test_a_write_whose_answer_was_lost_is_matched_not_duplicated_on_retry(
-    sandbox: Sandbox, tmp_path: Path, clock: Clock
+    fhir_server: FhirServer, tmp_path: Path, clock: Clock
 ) -> None:
     adapter = LosesFirstResponse()
     session = requests.Session()
     session.mount("http://", adapter)
-    client = make_client(sandbox, session=session)
+    client = make_client(fhir_server, session=session)
     service = make_service(tmp_path, clock)
     identifier = str(uuid.uuid4())
 
@@ -255,9 +259,9 @@ def test_a_401_that_refresh_cannot_fix_waits_for_a_relaunch_and_is_then_sent(
 
 
 def test_a_double_submit_is_one_outbox_row_and_one_referral(
-    sandbox: Sandbox, tmp_path: Path, clock: Clock
+    fhir_server: FhirServer, tmp_path: Path, clock: Clock
 ) -> None:
-    client = make_client(sandbox)
+    client = make_client(fhir_server)
     service = make_service(tmp_path, clock)
     identifier = str(uuid.uuid4())
     propose(service, client, identifier)
@@ -267,12 +271,12 @@ def test_a_double_submit_is_one_outbox_row_and_one_referral(
 
 
 def test_a_restarted_app_continues_the_retry_from_the_same_database(
-    sandbox: Sandbox, tmp_path: Path, clock: Clock
+    fhir_server: FhirServer, tmp_path: Path, clock: Clock
 ) -> None:
-    client = make_client(sandbox)
+    client = make_client(fhir_server)
     before = make_service(tmp_path, clock)
     identifier = str(uuid.uuid4())
-    sandbox.inject_fault("503", method="POST", path="/fhir", count=1)
+    fhir_server.inject_fault("503", method="POST", path="/fhir", count=1)
     assert propose(before, client, identifier) == "pending"
     before.outbox.engine.dispose()
 
@@ -386,7 +390,9 @@ def test_two_senders_never_send_the_same_row(
         thread.start()
     for thread in threads:
         thread.join()
-    posts = [r for r in sandbox.requests_log() if r["method"] == "POST"]
+    # One transaction per row sent (its Provenance follows in a POST of its own).
+    log = sandbox.requests_log()
+    posts = [r for r in log if r["method"] == "POST" and r["path"].rstrip("/") == "/fhir"]
     assert sum(attempted) == len(posts) == 5  # the claimed row waits for its lease
     assert first.counts() == {CONFIRMED: 5, PENDING: 1}
     for identifier in rows[1:]:
@@ -394,9 +400,9 @@ def test_two_senders_never_send_the_same_row(
 
 
 def test_a_storm_of_faults_ends_with_one_referral_per_submission(
-    sandbox: Sandbox, tmp_path: Path, clock: Clock
+    fhir_server: FhirServer, tmp_path: Path, clock: Clock
 ) -> None:
-    client = make_client(sandbox, timeout=0.8)
+    client = make_client(fhir_server, timeout=0.8)
     service = make_service(tmp_path, clock, max_attempts=8)
     kinds = ["500", "503", "reset", "401", "timeout"]
     identifiers = []
@@ -405,12 +411,12 @@ def test_a_storm_of_faults_ends_with_one_referral_per_submission(
         # Two failures in a row, except 401 (a second 401 right after a refresh means
         # "relaunch") and timeouts (slow by nature; one is enough).
         count = 1 if kind in ("401", "timeout") else 2
-        sandbox.inject_fault(kind, method="POST", path="/fhir", count=count, delay=1.0)
+        fhir_server.inject_fault(kind, method="POST", path="/fhir", count=count, delay=1.0)
         identifier = str(uuid.uuid4())
         identifiers.append(identifier)
         propose(service, client, identifier)
         propose(service, client, identifier)  # and a double click
-    sandbox.clear_faults()
+    fhir_server.clear_faults()
     for _ in range(4):
         clock.now += 60
         service.outbox.drain(lambda handle: client)
@@ -422,15 +428,15 @@ def test_a_storm_of_faults_ends_with_one_referral_per_submission(
 
 
 def test_the_background_worker_sends_what_the_submit_could_not(
-    sandbox: Sandbox, tmp_path: Path
+    fhir_server: FhirServer, tmp_path: Path
 ) -> None:
-    client = make_client(sandbox)
+    client = make_client(fhir_server)
     outbox = Outbox(f"sqlite:///{tmp_path / 'bg.sqlite3'}", retry_base_seconds=0.0)
     identifier = str(uuid.uuid4())
     bundle = referral_transaction(make_referral(identifier), identifier_system=SYSTEM)
     key = f"{identifier}:create"
     outbox.enqueue(key=key, identifier=identifier, action="create", bundle=bundle, handle="h")
-    sandbox.inject_fault("500", method="POST", path="/fhir", count=1)
+    fhir_server.inject_fault("500", method="POST", path="/fhir", count=1)
     assert outbox.send(key, client).status == PENDING
     worker = RetryWorker(lambda: outbox.drain(lambda handle: client), interval=0.05)
     worker.start()

@@ -1,5 +1,7 @@
 """Referral resources: conformant R4B ServiceRequest/Task/Consent/Provenance/Device, the transaction
-and its fallback against the dev EHR, and parsing back into a ReferralView."""
+and its fallback against the dev EHR and against Medplum's FHIR engine (which runs a transaction
+as a batch and resolves no placeholder inside `ifNoneExist`), and parsing back into a
+ReferralView."""
 
 from __future__ import annotations
 
@@ -8,12 +10,15 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 from fhir.resources.R4B import get_fhir_model_class
+from requests.adapters import HTTPAdapter
 
 from fhir_mappings.domain import Consent, Program, Referral
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from fhir_mappings.referral import (
     CONTACT_PREFERENCE_CS,
+    DEVICE_IDENTIFIER,
     SDOHCC_CODES,
     Completion,
     TaskState,
@@ -31,7 +36,7 @@ from fhir_mappings.referral import (
     task_resource,
     update_transaction,
 )
-from tests.conftest import SUBSPECIALIST, Sandbox
+from tests.conftest import SUBSPECIALIST, FhirServer
 
 SYSTEM = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
 PATIENT = "peds-chd-hlhs"
@@ -81,9 +86,9 @@ def codes(concepts: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 @pytest.fixture
-def client(sandbox: Sandbox) -> FhirClient:
-    token = sandbox.mint_token(PATIENT, SCOPE)
-    return FhirClient(sandbox.fhir_base, token=lambda: str(token["access_token"]), timeout=5)
+def client(fhir_server: FhirServer) -> FhirClient:
+    token = fhir_server.mint_token(PATIENT, SCOPE)
+    return FhirClient(fhir_server.fhir_base, token=lambda: str(token["access_token"]), timeout=5)
 
 
 def count(client: FhirClient, rtype: str, params: dict[str, str]) -> int:
@@ -173,7 +178,7 @@ def test_every_entry_of_the_transaction_is_valid_and_creates_are_conditional() -
         valid_r4b(entry["resource"])
 
 
-# -- against the dev EHR -------------------------------------------------------------------------
+# -- against the dev EHR and Medplum -------------------------------------------------------------
 
 
 def test_transaction_writes_one_referral_and_sending_it_again_writes_nothing(
@@ -200,13 +205,13 @@ def test_transaction_writes_one_referral_and_sending_it_again_writes_nothing(
 
 
 def test_fallback_without_transaction_searches_then_creates_each_once(
-    sandbox: Sandbox, client: FhirClient
+    fhir_server: FhirServer, client: FhirClient
 ) -> None:
     capabilities = client.capabilities()
     without = {**capabilities, "rest": [{**r, "interaction": []} for r in capabilities["rest"]]}
-    token = sandbox.mint_token(PATIENT, SCOPE)
+    token = fhir_server.mint_token(PATIENT, SCOPE)
     plain = FhirClient(
-        sandbox.fhir_base, token=lambda: str(token["access_token"]), capabilities=without
+        fhir_server.fhir_base, token=lambda: str(token["access_token"]), capabilities=without
     )
     referral = make_referral()
     bundle = referral_transaction(referral, identifier_system=SYSTEM)
@@ -326,3 +331,92 @@ def test_search_referrals_lists_a_patients_referrals_with_their_tasks(client: Fh
         (sr, t) for sr, t in pairs if referral_view(sr, t, SYSTEM).identifier == referral.identifier
     ]
     assert len(mine) == 1 and mine[0][1] is not None
+
+
+class LosesOneAnswer(HTTPAdapter):
+    """Sends the `nth` POST to the server for real, then drops its answer (a proxy cut-off)."""
+
+    def __init__(self, nth: int) -> None:
+        super().__init__()
+        self.nth = nth
+        self.posts = 0
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        response = super().send(request, **kwargs)
+        if request.method == "POST":
+            self.posts += 1
+            if self.posts == self.nth:
+                raise requests.ConnectionError("connection dropped after the request was sent")
+        return response
+
+
+def losing_client(fhir_server: FhirServer, nth: int) -> FhirClient:
+    session = requests.Session()
+    session.mount("http://", LosesOneAnswer(nth))
+    token = fhir_server.mint_token(PATIENT, SCOPE)
+    return FhirClient(
+        fhir_server.fhir_base, token=lambda: str(token["access_token"]), session=session
+    )
+
+
+@pytest.mark.parametrize("lost", [1, 2], ids=["referral-answer-lost", "provenance-answer-lost"])
+def test_a_lost_answer_then_a_retry_leaves_exactly_one_of_every_resource(
+    fhir_server: FhirServer, client: FhirClient, lost: int
+) -> None:
+    referral = make_referral()
+    bundle = referral_transaction(referral, identifier_system=SYSTEM)
+    flaky = losing_client(fhir_server, lost)
+    with pytest.raises(FhirError):
+        send_bundle(flaky, bundle)
+    first = send_bundle(flaky, bundle)  # the outbox's retry: the very same Bundle
+    again = send_bundle(client, bundle)
+    assert first.service_request_id == again.service_request_id and again.created == ()
+    ident = {"identifier": f"{SYSTEM}|{referral.identifier}"}
+    assert count(client, "ServiceRequest", ident) == 1
+    assert count(client, "Task", ident) == 1
+    assert count(client, "Consent", ident) == 1
+    provenances = list(
+        client.search("Provenance", {"target": f"ServiceRequest/{first.service_request_id}"})
+    )
+    assert len(provenances) == 1
+    assert provenances[0]["target"][1] == {"reference": f"Task/{first.task_id}"}
+    device = provenances[0]["agent"][1]["who"]["reference"]
+    assert count(client, "Device", {"identifier": "|".join(DEVICE_IDENTIFIER)}) == 1
+    assert client.read("Device", device.removeprefix("Device/"))["deviceName"][0]["name"]
+
+
+def test_a_lost_answer_to_an_update_adds_one_provenance(
+    client: FhirClient, fhir_server: FhirServer
+) -> None:
+    draft = make_referral(status="draft", consent=None)
+    written = send_bundle(client, referral_transaction(draft, identifier_system=SYSTEM))
+    found = find_referral(client, SYSTEM, draft.identifier)
+    assert found is not None and found[1] is not None
+    when = datetime(2026, 3, 3, 9, 0, 0, 123456, tzinfo=UTC)
+    new_sr, new_task = apply_completion(
+        found[0],
+        found[1],
+        Completion(contact_preference="phone"),
+        recorded=when,
+        author="Practitioner/social-worker-1",
+        due=date(2026, 3, 17),
+    )
+    update = update_transaction(
+        new_sr, new_task, recorded=when, author="Practitioner/social-worker-1"
+    )
+    flaky = losing_client(fhir_server, 2)
+    with pytest.raises(FhirError):
+        send_bundle(flaky, update)
+    send_bundle(flaky, update)
+    assert count(client, "Provenance", {"target": f"Task/{written.task_id}"}) == 2
+
+
+def test_search_referrals_follows_pages_of_two(client: FhirClient) -> None:
+    mine = {make_referral().identifier for _ in range(3)}
+    for identifier in mine:
+        referral = make_referral(identifier=identifier)
+        send_bundle(client, referral_transaction(referral, identifier_system=SYSTEM))
+    pairs = search_referrals(client, SYSTEM, patient_id=PATIENT, page_size=2)
+    found = {referral_view(sr, t, SYSTEM).identifier: t for sr, t in pairs}
+    assert mine <= set(found) and all(found[i] is not None for i in mine)
+    assert len(found) == len(pairs)  # no referral listed twice across pages

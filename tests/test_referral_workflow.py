@@ -1,5 +1,6 @@
-"""The referral workflow against the dev EHR, without Flask: propose -> complete -> outcome ->
-new match (replaces), the state mapping, the worklist, and changes that must wait."""
+"""The referral workflow against the dev EHR and Medplum's FHIR engine, without Flask: propose ->
+complete -> outcome -> new match (replaces), the state mapping, the worklist, and changes that
+must wait."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from fhir_mappings.fhir_client import FhirClient
 from fhir_mappings.referral import Completion
 from smartapp.referrals.outbox import Outbox
 from smartapp.referrals.service import Actor, ReferralError, ReferralService
-from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, Sandbox
+from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, FhirServer
 
 PATIENT = "peds-chd-hlhs"
 SCOPE = (
@@ -58,9 +59,9 @@ def now() -> Now:
 
 
 @pytest.fixture
-def client(sandbox: Sandbox) -> FhirClient:
-    token = sandbox.mint_token(PATIENT, SCOPE)
-    return FhirClient(sandbox.fhir_base, token=lambda: str(token["access_token"]))
+def client(fhir_server: FhirServer) -> FhirClient:
+    token = fhir_server.mint_token(PATIENT, SCOPE)
+    return FhirClient(fhir_server.fhir_base, token=lambda: str(token["access_token"]))
 
 
 def service_for(tmp_path: Path, now: Now, **settings: Any) -> ReferralService:
@@ -206,11 +207,11 @@ def test_declined_revokes_the_request_and_cancels_the_task_with_a_reason(
 
 
 def test_worklist_shows_drafts_due_and_overdue_and_local_pending_rows(
-    sandbox: Sandbox, tmp_path: Path, now: Now
+    fhir_server: FhirServer, tmp_path: Path, now: Now
 ) -> None:
     patient = "peds-down"
-    token = sandbox.mint_token(patient, SCOPE)
-    client = FhirClient(sandbox.fhir_base, token=lambda: str(token["access_token"]))
+    token = fhir_server.mint_token(patient, SCOPE)
+    client = FhirClient(fhir_server.fhir_base, token=lambda: str(token["access_token"]))
     service = service_for(tmp_path, now)
     me = actor(SUBSPECIALIST, patient)
     draft = service.new_identifier()
@@ -219,7 +220,7 @@ def test_worklist_shows_drafts_due_and_overdue_and_local_pending_rows(
     service.propose(client, me, identifier=active, program=SISTERS)
     service.complete(client, me, active, Completion("none"))
 
-    sandbox.inject_fault("503", method="POST", path="/fhir", count=1)
+    fhir_server.inject_fault("503", method="POST", path="/fhir", count=1)
     waiting = service.new_identifier()
     assert service.propose(client, me, identifier=waiting, program=HEARTS).state == "pending"
 
@@ -240,15 +241,15 @@ def test_worklist_shows_drafts_due_and_overdue_and_local_pending_rows(
 
 
 def test_a_change_waits_while_an_earlier_one_is_still_being_sent(
-    sandbox: Sandbox, tmp_path: Path, now: Now, client: FhirClient
+    fhir_server: FhirServer, tmp_path: Path, now: Now, client: FhirClient
 ) -> None:
     service = service_for(tmp_path, now)
     identifier = service.new_identifier()
-    sandbox.inject_fault("500", method="POST", path="/fhir", count=1)
+    fhir_server.inject_fault("500", method="POST", path="/fhir", count=1)
     service.propose(client, actor(SUBSPECIALIST), identifier=identifier, program=HEARTS)
     with pytest.raises(ReferralError, match="still being sent"):
         service.complete(client, actor(SOCIAL_WORKER), identifier, Completion("none"))
-    sandbox.clear_faults()
+    fhir_server.clear_faults()
 
 
 def test_a_malformed_identifier_is_refused_before_anything_is_stored(

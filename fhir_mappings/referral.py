@@ -32,6 +32,11 @@ US_CORE_SR = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-servicereq
 US_CORE_PROVENANCE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-provenance"
 TASK_CODE = "http://hl7.org/fhir/CodeSystem/task-code"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+# US Core's ProvenanceTransmitter slice: `transmitter` is in US Core's own system, not in HL7's.
+US_CORE_PARTICIPANT_TYPE = (
+    "http://hl7.org/fhir/us/core/CodeSystem/us-core-provenance-participant-type"
+)
+CONSENT_POLICY = "http://terminology.hl7.org/CodeSystem/consentpolicycodes"
 DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 BCP47 = "urn:ietf:bcp:47"
 PEERBRIDGE_CS = "https://peerbridge.example.org/fhir/CodeSystem/"
@@ -210,7 +215,7 @@ def _order_details(pref: str | None) -> list[Resource]:
             {
                 "system": SDOHCC_CODES,
                 "code": "contacting-subject-prohibited",
-                "display": "Contacting subject prohibited",
+                "display": "Contacting Subject Prohibited",
             }
         )
     return [detail]
@@ -256,7 +261,7 @@ def consent_resource(
         "sourceAttachment": {"contentType": "text/plain", "title": words},
         "policyRule": {
             "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "hipaa-auth"}
+                {"system": CONSENT_POLICY, "code": "hipaa-auth", "display": "HIPAA Authorization"}
             ]
         },
         "provision": {"type": "permit"},
@@ -294,7 +299,11 @@ def task_resource(
         "status": state.status,
         "intent": "order",
         "priority": referral.priority,
-        "code": {"coding": [{"system": TASK_CODE, "code": "fulfill", "display": "Fulfill"}]},
+        "code": {
+            "coding": [
+                {"system": TASK_CODE, "code": "fulfill", "display": "Fulfill the focal request"}
+            ]
+        },
         "description": f"Connect the family with {referral.program.name} and follow up",
         "focus": {"reference": focus_ref},
         "for": {"reference": f"Patient/{referral.patient_id}"},
@@ -375,13 +384,23 @@ def provenance_resource(
     if author:
         agents.append(
             {
-                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "author"}]},
+                "type": {
+                    "coding": [{"system": PARTICIPANT_TYPE, "code": "author", "display": "Author"}]
+                },
                 "who": {"reference": author},
             }
         )
     agents.append(
         {
-            "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "transmitter"}]},
+            "type": {
+                "coding": [
+                    {
+                        "system": US_CORE_PARTICIPANT_TYPE,
+                        "code": "transmitter",
+                        "display": "Transmitter",
+                    }
+                ]
+            },
             "who": device,
         }
     )

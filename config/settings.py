@@ -81,6 +81,27 @@ class ReferralSettings:
 
 
 @dataclass(frozen=True)
+class WorkspaceSettings:
+    enabled: bool = False
+    program_id: str = "family-partner-program"
+    program_name: str = "Family Partner Program"
+    owners: tuple[str, ...] = (
+        "Organization/family-partner-program",
+        "HealthcareService/family-partner-program",
+    )
+    coordinators: tuple[str, ...] = ()
+    lead: str = ""
+    social_workers: tuple[str, ...] = ()
+    coordinator_role_codes: tuple[str, ...] = ("peer-program-coordinator",)
+    document_in_ehr: bool = True
+    check_days: int = 10
+    reminder_days: int = 21
+    background_check_valid_days: int = 730
+    scopes: tuple[str, ...] = ()
+    roster_file: str = ""
+
+
+@dataclass(frozen=True)
 class CdsClient:
     iss: str
     jwks_url: str
@@ -106,6 +127,7 @@ class Settings:
     directory: DirectorySettings = DirectorySettings()
     referrals: ReferralSettings = ReferralSettings()
     cds: CdsSettings = CdsSettings()
+    workspace: WorkspaceSettings = WorkspaceSettings()
     profile: str = "default"
 
     # Derived values, so every module agrees on them.
@@ -149,6 +171,7 @@ _SECTIONS: dict[str, type] = {
     "directory": DirectorySettings,
     "referrals": ReferralSettings,
     "cds": CdsSettings,
+    "workspace": WorkspaceSettings,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -307,6 +330,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError("directory.fhir_base: required when directory.source is 'fhir'")
     if not 1 <= s.referrals.followup_days <= 90:
         raise SettingsError("referrals.followup_days: must be between 1 and 90")
+    if not 7 <= s.workspace.check_days <= 14:
+        raise SettingsError("workspace.check_days: must be between 7 and 14 (one to two weeks)")
+    if s.workspace.reminder_days <= s.workspace.check_days:
+        raise SettingsError("workspace.reminder_days: must come after workspace.check_days")
     if s.fhir.page_size < 1:
         raise SettingsError("fhir.page_size: must be positive")
 

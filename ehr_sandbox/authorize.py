@@ -20,7 +20,12 @@ from ehr_sandbox.tokens import CONTEXT_FIELDS, digest
 bp = Blueprint("authorize", __name__, url_prefix="/auth")
 PKCE_CHALLENGE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 LAUNCH_TTL = 3600
-USERS = ("Practitioner/subspecialist-1", "Practitioner/social-worker-1")
+USERS = (
+    "Practitioner/subspecialist-1",
+    "Practitioner/social-worker-1",
+    "Practitioner/coordinator-1",  # the Family Partner Program's coordinator
+    "Practitioner/mentor-1",  # a support parent of the program
+)
 
 
 class AuthorizeError(Exception):

@@ -388,6 +388,39 @@ def chart(patient_id: str) -> Response:
     )
 
 
+WORKSPACE_INTENT = "peerbridge-workspace"
+
+
+@bp.route("/ehr/workspace", methods=["GET", "POST"])
+def workspace() -> Response:
+    """The app's program workspace: an EHR launch with the signed-in user and no patient."""
+    current = state()
+    app = _app_client(current)
+    if request.method == "GET":
+        frame = ""
+        launch_id = request.args.get("launch", "")
+        launch = current.store.get_record("launch", launch_id) if launch_id else None
+        if launch and launch.get("app_url") and launch.get("user") == _user():
+            frame = str(launch["app_url"])
+        return _page("workspace.html", app=app, frame=frame)
+    if app is None:
+        abort(404)
+    context: dict[str, Any] = {
+        "user": _user(),
+        "intent": WORKSPACE_INTENT,
+        "need_patient_banner": False,
+        "smart_style_url": f"{current.base_url}/ehr/smart-style.json",
+        "created": time.time(),
+    }
+    launch_id = create_launch(current, context)
+    params = {"iss": current.fhir_base, "launch": launch_id}
+    url = app["launch_url"]
+    joiner = "&" if "?" in url else "?"
+    context["app_url"] = f"{url}{joiner}{urlencode(params)}"
+    current.store.put_record("launch", launch_id, context, expires=time.time() + 3600)
+    return redirect(f"/ehr/workspace?launch={launch_id}#app", code=303)
+
+
 @bp.post("/ehr/patient/<patient_id>/launch")
 def launch(patient_id: str) -> Response:
     """A real EHR launch: a launch id for patient + signed-in user, then the app in the iframe."""

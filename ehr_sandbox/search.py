@@ -144,6 +144,22 @@ PARAMS: dict[str, dict[str, Param]] = {
         "type": _p("token", "type"),
         "status": _p("token", "status"),
     },
+    "Flag": {
+        **IDENT,
+        "patient": _p("reference", "subject", target="Patient"),
+        "subject": _p("reference", "subject"),
+        "status": _p("token", "status"),
+        "category": _p("token", "category"),
+    },
+    "Procedure": {
+        **IDENT,
+        "patient": _p("reference", "subject", target="Patient"),
+        "subject": _p("reference", "subject"),
+        "status": _p("token", "status"),
+        "based-on": _p("reference", "basedOn"),
+        "category": _p("token", "category"),
+        "date": _p("date", "performedPeriod.start"),
+    },
     "Encounter": {
         **IDENT,
         "patient": _p("reference", "subject", target="Patient"),

@@ -65,6 +65,7 @@ def build_authorization(
     refresh_scope: str,
     allow_missing_s256: bool = False,
     post_scope_chars: int = POST_SCOPE_CHARS,
+    extra_scopes: tuple[str, ...] = (),
 ) -> tuple[AuthorizationRequest, PendingAuthorization]:
     """The request to send the browser with and the pending record to keep under its state."""
     if not config.supports_s256 and not allow_missing_s256:
@@ -79,6 +80,8 @@ def build_authorization(
     scope = requested_scopes(
         ehr_launch=bool(launch), v2=config.v2_scopes, refresh_scope=refresh_scope
     )
+    if extra_scopes:  # e.g. the program workspace's user/ scopes, when it is enabled
+        scope = " ".join([scope, *(s for s in extra_scopes if s not in scope.split())])
     verifier = new_verifier()
     state = secrets.token_urlsafe(32)  # 256 bits; SMART asks for at least 122
     nonce = secrets.token_urlsafe(32) if "openid" in scope.split() else ""

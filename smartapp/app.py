@@ -13,6 +13,7 @@ from smartapp.referrals import views as referrals
 from smartapp.referrals import worklist
 from smartapp.session import views as launch_views
 from smartapp.suggest import views as patient
+from smartapp.workspace import views as workspace
 
 
 def create_app(settings: Settings | None = None, *, testing: bool = False) -> Flask:
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
         referrals,
         worklist,
         cds,
+        workspace,
     ):
         feature.init_app(app, settings)
     return app

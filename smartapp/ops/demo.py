@@ -86,6 +86,14 @@ def demo_wiring(
         "PEERBRIDGE_CDS_TRUSTED_CLIENTS": json.dumps(
             [{"iss": ehr, "jwks_url": f"{ehr}/.well-known/cds-jwks.json"}]
         ),
+        # The Family Partner Program's workspace, with the dev EHR's program staff.
+        "PEERBRIDGE_WORKSPACE_ENABLED": "true",
+        "PEERBRIDGE_WORKSPACE_OWNERS": json.dumps(
+            ["Organization/family-partner-program", "HealthcareService/family-partner-program"]
+        ),
+        "PEERBRIDGE_WORKSPACE_LEAD": "Practitioner/program-lead-1",
+        "PEERBRIDGE_WORKSPACE_SOCIAL_WORKERS": json.dumps(["Practitioner/social-worker-1"]),
+        "PEERBRIDGE_WORKSPACE_ROSTER_FILE": "demo",
     }
     return clients, env
 

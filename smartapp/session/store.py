@@ -259,6 +259,9 @@ class LaunchStore:
             refresh_scope=self.settings.smart.refresh_scope,
             allow_missing_s256=self.settings.smart.allow_missing_s256,
             post_scope_chars=self.authorize_post_over,
+            extra_scopes=(
+                self.settings.workspace.scopes if self.settings.workspace.enabled else ()
+            ),
         )
         self.kv.put(
             "state", pending.state, pending.to_dict(), self.settings.smart.state_ttl_seconds

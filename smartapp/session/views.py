@@ -44,6 +44,7 @@ about_bp = Blueprint("launch_about", __name__, url_prefix="/l/<handle>")
 launch_routes(about_bp)
 
 CSP_FORM_ACTION = "csp_form_action"  # app.extensions key: origins a form may post to
+WORKSPACE_INTENT = "peerbridge-workspace"  # the EHR launch intent that opens the workspace
 
 
 @bp.get("/launch")
@@ -85,6 +86,11 @@ def callback() -> ResponseReturnValue:
         state=state, code=request.args.get("code", ""), binding=browser_binding(create=False)
     )
     log.info("launch completed", extra={"event": "launch_completed"})
+    if context.intent == WORKSPACE_INTENT or (
+        store.settings.workspace.enabled and not context.patient_id
+    ):
+        # The program workspace: a coordinator's or mentor's launch without a patient.
+        return redirect(f"/l/{context.handle}/workspace", code=302)
     return redirect(f"/l/{context.handle}/patient", code=302)
 
 

@@ -15,6 +15,7 @@ import copy
 import importlib
 import json
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -232,9 +233,15 @@ def need_codesystem() -> dict[str, Any]:
     return _read_json(NEEDS_FILE)
 
 
+_BUILD_LOCK = threading.Lock()
+
+
 @cache
 def _default_code_map() -> CodeMap:
-    return CodeMap(need_codesystem(), [_read_json(p) for p in CONCEPT_MAP_FILES])
+    # One build at a time: a gunicorn thread serving CDS Hooks and one serving the patient view
+    # may both build it first, and simple_icd_10_cm's lookups fail while it is still loading.
+    with _BUILD_LOCK:
+        return CodeMap(need_codesystem(), [_read_json(p) for p in CONCEPT_MAP_FILES])
 
 
 @cache

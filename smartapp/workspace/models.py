@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fhir_mappings.domain import Coding
 
@@ -358,7 +358,11 @@ class WorkspaceStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine or create_engine(database_url, future=True)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError:
+            # Another worker created the tables between our check and our CREATE.
+            metadata.create_all(self.engine)
         self.clock = clock
 
     # -- generic ---------------------------------------------------------------------------------

@@ -48,17 +48,17 @@ def test_refer_match_first_contact_and_the_chart_shows_it(
     card = frame.locator("li.suggestion").filter(has_text=PROGRAM).first
     card.get_by_role("link", name=re.compile("^Propose referral")).click()
     frame.get_by_role("button", name="Propose referral").click()
-    frame.get_by_text(re.compile(r"ServiceRequest/[A-Za-z0-9\-.]+")).first.wait_for(
-        timeout=WAIT_MS
-    )
+    frame.get_by_text(re.compile(r"ServiceRequest/[A-Za-z0-9\-.]+")).first.wait_for(timeout=WAIT_MS)
 
     # The social worker completes it with the family's consent.
     switch_user(page, "Practitioner/social-worker-1")
     frame = open_peerbridge(page, demo, PATIENT)
     frame.get_by_role("link", name="Referral worklist").click()
     frame.get_by_role("heading", name="Referral worklist").wait_for(timeout=WAIT_MS)
-    row = frame.locator("tr").filter(has_text=PROGRAM).filter(
-        has=frame.get_by_role("link", name="Complete")
+    row = (
+        frame.locator("tr")
+        .filter(has_text=PROGRAM)
+        .filter(has=frame.get_by_role("link", name="Complete"))
     )
     row.first.get_by_role("link", name="Complete").click()
     frame.get_by_label(re.compile("family agreed")).check()

@@ -62,6 +62,13 @@ class SmartSettings:
 class FhirSettings:
     timeout_seconds: float = 10.0
     page_size: int = 100
+    page_deadline_seconds: float = 20.0
+    max_pages: int = 20
+    max_response_mb: int = 10
+
+    @property
+    def max_response_bytes(self) -> int:
+        return self.max_response_mb * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -336,6 +343,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError("workspace.reminder_days: must come after workspace.check_days")
     if s.fhir.page_size < 1:
         raise SettingsError("fhir.page_size: must be positive")
+    for key in ("timeout_seconds", "page_deadline_seconds", "max_pages", "max_response_mb"):
+        if getattr(s.fhir, key) <= 0:
+            raise SettingsError(f"fhir.{key}: must be positive")
 
 
 def require_serving(s: Settings) -> None:

@@ -328,6 +328,8 @@ def read_chart(
             else None
         )
         patient = patient_facts(patient_future.result())
+        if patient.id != patient_id:
+            raise ChartError("the EHR answered with another patient's record")
         raw_conditions = conditions_future.result()
         related_raw: list[dict[str, Any]] = []
         if related_future is not None:
@@ -344,11 +346,11 @@ def read_chart(
         ResourceProblem("Condition", str(r.get("id", "")), "belongs to another patient")
         for r in foreign
     )
-    related = tuple(
-        facts
-        for facts in (related_person_facts(r) for r in related_raw if isinstance(r, Mapping))
-        if facts is not None
+    # A server that ignores the `patient` parameter must not offer another family as contacts.
+    related_own, _ = _split_by_subject(
+        [r for r in related_raw if isinstance(r, Mapping)], patient_id, "patient"
     )
+    related = tuple(f for f in map(related_person_facts, related_own) if f is not None)
     return Chart(patient, tuple(conditions), tuple(problems), related)
 
 

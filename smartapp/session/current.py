@@ -26,6 +26,7 @@ from flask import Blueprint, Flask, current_app, g, session
 from fhir_mappings.fhir_client import FhirClient
 from launch.context import LaunchContext
 from launch.errors import LaunchError
+from launch.guarded_http import Deadline
 from smartapp.session.store import LaunchStore
 
 __all__ = [
@@ -96,9 +97,12 @@ def current_launch() -> LaunchContext:
 
 def fhir_client() -> FhirClient:
     """A FhirClient for the current request's launch; refreshes its token before expiry and
-    once more on a 401."""
+    once more on a 401; all its calls within `fhir.page_deadline_seconds`."""
     client: FhirClient | None = g.get("launch_fhir_client")
     if client is None:
-        client = launch_store().client_for(current_launch().handle)
+        store = launch_store()
+        # All the EHR calls behind one page share one deadline.
+        deadline = Deadline.after(store.settings.fhir.page_deadline_seconds)
+        client = store.client_for(current_launch().handle, deadline=deadline)
         g.launch_fhir_client = client
     return client

@@ -30,6 +30,7 @@ from launch.client_auth import ClientAuthenticator, SigningKey, load_signing_key
 from launch.context import LaunchContext
 from launch.discovery import Discovery, SmartConfiguration
 from launch.errors import LaunchError
+from launch.guarded_http import Deadline, GuardedHttp
 from launch.id_token import relative_fhir_user, verify_id_token
 from launch.token import TokenClient, TokenResponse
 
@@ -200,6 +201,11 @@ class LaunchStore:
         self.settings = settings
         self.kv = kv
         self.http = http or requests.Session()
+        self.guarded = GuardedHttp(
+            None if http is None else http,
+            timeout=settings.fhir.timeout_seconds,
+            max_bytes=settings.fhir.max_response_bytes,
+        )
         smart = settings.smart
         timeout = settings.fhir.timeout_seconds
         self.signing_keys = (
@@ -420,10 +426,11 @@ class LaunchStore:
             )
         return LaunchContext.from_dict(record["context"])
 
-    def client_for(self, handle: str) -> FhirClient:
+    def client_for(self, handle: str, *, deadline: Deadline | None = None) -> FhirClient:
         """A FhirClient for a stored launch, usable outside a request. Its token provider
         refreshes shortly before expiry; on a 401 it forces one refresh. When refresh is not
-        possible it gives no fresh token, so the call fails as FhirAuthError (401)."""
+        possible it gives no fresh token, so the call fails as FhirAuthError (401) and nothing
+        is sent without the token. `deadline` bounds all its calls together (a page view)."""
         iss = self.context(handle).iss
         served: dict[str, str] = {}
 
@@ -445,8 +452,15 @@ class LaunchStore:
             served["token"] = value
             return value
 
+        fhir = self.settings.fhir
         return FhirClient(
-            iss, token=token, refresh=refresh, timeout=self.settings.fhir.timeout_seconds
+            iss,
+            token=token,
+            refresh=refresh,
+            timeout=fhir.timeout_seconds,
+            deadline=deadline,
+            max_pages=fhir.max_pages,
+            http=self.guarded,
         )
 
     def _record_or_empty(self, handle: str) -> dict[str, Any]:

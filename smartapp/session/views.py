@@ -24,7 +24,8 @@ from flask_session.base import ServerSideSession, ServerSideSessionInterface
 from werkzeug.routing import BuildError
 
 from config import Settings
-from fhir_mappings.fhir_client import FhirAuthError, FhirError, FhirUnavailable
+from fhir_mappings.chart import ChartError
+from fhir_mappings.fhir_client import FhirAuthError, FhirError, FhirUnavailable, TooManyPages
 from launch.client_auth import public_jwks
 from launch.errors import LaunchError
 from smartapp.session.current import (
@@ -181,6 +182,14 @@ def _fhir_error(exc: FhirError) -> ResponseReturnValue:
             "PeerBridge from the EHR."
         )
         relaunch = True
+    elif isinstance(exc, TooManyPages):
+        title, status = "This chart is too large to read", 502
+        message = (
+            f"The EHR returned more than {exc.max_pages} pages of {exc.resource_type} records "
+            "for this patient, more than PeerBridge reads in one go. Please review this chart "
+            "in the EHR; PeerBridge cannot suggest programs for it."
+        )
+        relaunch = False
     elif isinstance(exc, FhirAuthError):
         title, status = "Not permitted by the EHR", 403
         message = f"The EHR did not allow this: {exc.user_message}."
@@ -198,6 +207,20 @@ def _fhir_error(exc: FhirError) -> ResponseReturnValue:
         new_window_url="",
     )
     return body, status
+
+
+def _chart_error(exc: ChartError) -> ResponseReturnValue:
+    log.warning("unusable chart: %s", exc, extra={"event": "chart_error"})
+    body = render_template(
+        "launch_error.html",
+        title="The EHR sent a record PeerBridge cannot read",
+        message=f"PeerBridge could not use what the EHR sent ({exc}). Please try again; if it "
+        "keeps happening, tell your IT team.",
+        relaunch=False,
+        cookie_help=False,
+        new_window_url="",
+    )
+    return body, 502
 
 
 _TITLES = {
@@ -251,6 +274,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(about_bp)
     app.register_error_handler(LaunchError, _launch_error)
     app.register_error_handler(FhirError, _fhir_error)
+    app.register_error_handler(ChartError, _chart_error)
 
     @app.url_defaults
     def _fill_handle(endpoint: str, values: dict[str, Any]) -> None:

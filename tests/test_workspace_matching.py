@@ -201,3 +201,69 @@ def test_the_indexed_scores_equal_the_one_by_one_scores(code_map: CodeMap) -> No
         fast = indexed_scores(family, index)
         slow = explain_all(family, index)
         assert fast == pytest.approx(slow)
+
+
+def test_due_items_follow_the_programs_rhythm(tmp_path: object) -> None:
+    # Offer -> accept (2 days) -> first contact (3 days) -> check at 1-2 weeks -> reminder at
+    # 3 weeks; a check or a reminder done leaves the list; a continuing match needs neither.
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+
+    from config.settings import WorkspaceSettings
+    from smartapp.referrals.outbox import Outbox
+    from smartapp.workspace.models import Match, StageEvent, WorkspaceStore
+    from smartapp.workspace.service import WorkspaceActor, WorkspaceService
+
+    now = [datetime(2026, 11, 1, 9, tzinfo=UTC)]
+    url = f"sqlite:///{Path(str(tmp_path)) / 'ws.sqlite3'}"
+    store = WorkspaceStore(url)
+    service = WorkspaceService(
+        store,
+        Outbox(url, engine=store.engine),
+        WorkspaceSettings(check_days=10, reminder_days=21),
+        referral_system="urn:test",
+        clock=lambda: now[0],
+    )
+    store.save_mentor(mentor("rosa", name="Rosa"))
+    offered = now[0]
+    match = Match(
+        "m1", ISS, "p1", "t1", "rosa", "offered", offered, (StageEvent("offered", offered, "x"),)
+    )
+    store.save_match(match)
+    coordinator = WorkspaceActor("h", ISS, "Practitioner/c", "coordinator")
+
+    def titles(days: int) -> list[tuple[str, bool]]:
+        now[0] = offered + timedelta(days=days)
+        return [(i.title, i.overdue) for i in service.due_items(coordinator)]
+
+    assert titles(1) == [
+        ("Accept or decline the offer", False),
+        ("Make first contact", False),
+        ("Check the match happened (1-2 weeks)", False),
+        ("Remind Rosa (3 weeks)", False),
+    ]
+    assert ("Make first contact", True) in titles(4)
+    first = now[0]
+    store.save_match(
+        replace(
+            match,
+            stage="first-contact",
+            history=(*match.history, StageEvent("first-contact", first, "y")),
+        )
+    )
+    assert titles(11) == [
+        ("Check the match happened (1-2 weeks)", True),
+        ("Remind Rosa (3 weeks)", False),
+    ]
+    checked = store.match(ISS, "m1")
+    assert checked is not None
+    store.save_match(
+        replace(checked, history=(*checked.history, StageEvent("checked", now[0], "c")))
+    )
+    assert titles(22) == [("Remind Rosa (3 weeks)", True)]
+    store.save_match(replace(checked, stage="continuing"))
+    assert titles(30) == []
+    # Another EHR's coordinator sees none of it.
+    other = WorkspaceActor("h2", "http://other/fhir", "Practitioner/c", "coordinator")
+    assert service.due_items(other) == []

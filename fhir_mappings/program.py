@@ -283,11 +283,21 @@ def _ident_query(value: str) -> str:
 
 
 def task_update_bundle(
-    task: Resource, change: TaskChange, *, extra: list[Resource] | None = None
+    task: Resource,
+    change: TaskChange,
+    *,
+    extra: list[Resource] | None = None,
+    version: str = "",
 ) -> Resource:
-    """PUT the changed Task (plus any extra entries, e.g. a Procedure) and a Provenance."""
+    """PUT the changed Task (plus any extra entries, e.g. a Procedure) and a Provenance.
+
+    `version` is the Task's meta.versionId when the person acted: the PUT carries it as `ifMatch`,
+    so a change someone else made to the Task meanwhile is never overwritten."""
     entries = list(extra or [])
-    entries.append({"resource": task, "request": {"method": "PUT", "url": f"Task/{task['id']}"}})
+    request: Resource = {"method": "PUT", "url": f"Task/{task['id']}"}
+    if version:
+        request["ifMatch"] = f'W/"{version}"'
+    entries.append({"resource": task, "request": request})
     targets = [f"Task/{task['id']}"]
     provenance = provenance_resource(
         targets, recorded=change.recorded, author=change.author, activity="UPDATE"

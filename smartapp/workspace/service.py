@@ -499,7 +499,10 @@ class WorkspaceService:
             output_text=output_text or (words if stage in ("first-contact", "ended") else ""),
             output_reference=output_reference,
         )
-        bundle = task_update_bundle(changed_task(task, change), change, extra=extra)
+        version = str((task.get("meta") or {}).get("versionId", ""))
+        bundle = task_update_bundle(
+            changed_task(task, change), change, extra=extra, version=version
+        )
         entry, _ = self.outbox.enqueue(
             key=_key(action_id),
             identifier=_sync_id(match.task_id),

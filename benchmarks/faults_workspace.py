@@ -44,13 +44,14 @@ SCOPE = (
 )
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ACTION = re.compile(r'name="action_id" value="([^"]+)"')
+# (kind, method, count, delay), one every 3 s: each hits the next `count` matching requests.
 FAULTS = [
-    ("500", "POST", 3, 0.0),
-    ("timeout", "GET", 2, 2.5),
-    ("reset", "POST", 3, 0.0),
-    ("503", "POST", 3, 0.0),
-    ("reset", "GET", 3, 0.0),
-    ("timeout", "POST", 2, 2.5),
+    ("500", "POST", 1, 0.0),
+    ("timeout", "GET", 1, 2.5),
+    ("reset", "POST", 1, 0.0),
+    ("503", "POST", 1, 0.0),
+    ("reset", "GET", 1, 0.0),
+    ("timeout", "POST", 1, 2.5),
 ]
 VERBOSE = "-v" in sys.argv
 PATIENTS = ["peds-chd-hlhs", "peds-gtube-rare", "peds-down", "peds-preemie", "peds-cf"]

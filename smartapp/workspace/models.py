@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from fhir_mappings.domain import Coding
 
@@ -360,7 +360,7 @@ class WorkspaceStore:
         self.engine = engine or create_engine(database_url, future=True)
         try:
             metadata.create_all(self.engine)
-        except OperationalError:
+        except (OperationalError, ProgrammingError, IntegrityError):
             # Another worker created the tables between our check and our CREATE.
             metadata.create_all(self.engine)
         self.clock = clock

@@ -56,6 +56,7 @@ from smartapp.workspace.models import (
 from smartapp.workspace.service import WorkspaceActor, WorkspaceError, WorkspaceService
 
 SERVICE = "peerbridge.workspace"
+REFERRALS_SERVICE = "peerbridge.referrals"  # app.extensions key of the referral workflow
 LOCAL_PROGRAMS = Path(__file__).resolve().parents[2] / "config" / "directory"
 bp = Blueprint("workspace", __name__, url_prefix="/l/<handle>", template_folder="templates")
 launch_routes(bp)
@@ -78,14 +79,19 @@ WORDS: dict[str, Any] = {
 def init_app(app: Flask, settings: Settings) -> None:
     if not settings.workspace.enabled:
         return
-    store = WorkspaceStore(settings.database_url)
-    # The same outbox table as referrals: its retry worker sends the workspace's rows too.
-    outbox = Outbox(
-        settings.database_url,
-        max_attempts=settings.referrals.max_attempts,
-        retry_base_seconds=settings.referrals.retry_base_seconds,
-        engine=store.engine,
+    # The referrals' own outbox (same table, same retry worker): one Outbox per process, so its
+    # table is created once per process, not again by each feature.
+    referrals = app.extensions.get(REFERRALS_SERVICE)
+    outbox = (
+        referrals.outbox
+        if referrals is not None
+        else Outbox(
+            settings.database_url,
+            max_attempts=settings.referrals.max_attempts,
+            retry_base_seconds=settings.referrals.retry_base_seconds,
+        )
     )
+    store = WorkspaceStore(engine=outbox.engine)
     app.extensions[SERVICE] = WorkspaceService(
         store,
         outbox,

@@ -234,14 +234,20 @@ def need_codesystem() -> dict[str, Any]:
 
 
 _BUILD_LOCK = threading.Lock()
+_DEFAULT_MAPS: list[CodeMap] = []
 
 
-@cache
 def _default_code_map() -> CodeMap:
-    # One build at a time: a gunicorn thread serving CDS Hooks and one serving the patient view
-    # may both build it first, and simple_icd_10_cm's lookups fail while it is still loading.
-    with _BUILD_LOCK:
-        return CodeMap(need_codesystem(), [_read_json(p) for p in CONCEPT_MAP_FILES])
+    # Built once per process, by one thread: a gunicorn thread serving CDS Hooks and one serving
+    # the patient view may both ask first, and simple_icd_10_cm fails while it is still loading.
+    # The second waits for the first's map instead of building its own.
+    if not _DEFAULT_MAPS:
+        with _BUILD_LOCK:
+            if not _DEFAULT_MAPS:
+                _DEFAULT_MAPS.append(
+                    CodeMap(need_codesystem(), [_read_json(p) for p in CONCEPT_MAP_FILES])
+                )
+    return _DEFAULT_MAPS[0]
 
 
 @cache

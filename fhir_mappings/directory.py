@@ -21,7 +21,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhir_mappings.code_maps import languages, need_codesystem, us_states
-from fhir_mappings.domain import MODES, SUPPORTED, Contact, Coverage, Program
+from fhir_mappings.domain import AGE_BANDS, EHR_TASK, MODES, SUPPORTED, Contact, Coverage, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ ELIGIBILITY_SYSTEM = f"{PB}/CodeSystem/eligibility"
 COST_SYSTEM = f"{PB}/CodeSystem/program-cost"
 REFERRAL_SYSTEM = f"{PB}/CodeSystem/referral-method"
 AGE_RANGE_EXT = f"{PB}/StructureDefinition/age-range"
+AGE_BAND_SYSTEM = f"{PB}/CodeSystem/age-band"
+DIRECTORY_TAG_SYSTEM = f"{PB}/CodeSystem/directory-tag"
+TENANT_EXT = f"{PB}/StructureDefinition/tenant"
+EHR_ORGANIZATION_EXT = f"{PB}/StructureDefinition/ehr-organization"
 TELECOM_PURPOSE_EXT = f"{PB}/StructureDefinition/telecom-purpose"
 TRANSLATION_EXT = "http://hl7.org/fhir/StructureDefinition/translation"
 PROVISION_SYSTEM = "http://terminology.hl7.org/CodeSystem/service-provision-conditions"
@@ -61,13 +65,21 @@ COST_TO_PROVISION = {"free": "free", "low-cost": "cost", "fee": "cost"}
 PROVISION_DISPLAY = {"free": "Free", "cost": "Fees apply", "disc": "Discounts Available"}
 PROVISION_TO_COST = {"free": "free", "cost": "fee", "disc": "low-cost"}
 COSTS = ("free", "low-cost", "fee", "unknown")
-REFERRAL_METHODS = ("self", "provider", "phone", "web-form", "email")
+REFERRAL_METHODS = ("self", "provider", "phone", "web-form", "email", EHR_TASK)
 REFERRAL_DISPLAY = {
     "self": "Self-referral",
     "provider": "Referral by a professional",
     "phone": "Phone call",
     "web-form": "Web form",
     "email": "Email",
+    EHR_TASK: "EHR Task to this program",
+}
+AGE_BAND_DISPLAY = {
+    "infants": "Infants and toddlers (under 3)",
+    "children": "Children and teens (under 18)",
+    "adults": "Adults (18 and over)",
+    "older-adults": "Older adults (60 and over)",
+    "perinatal": "Pregnancy and after birth",
 }
 # The standard service-referral-method codes that mean the same as ours.
 REFERRAL_TO_STD = {"phone": "phone"}
@@ -191,6 +203,7 @@ def _read_service(
         problem(".characteristic", "no need code: the program would never be suggested")
 
     supports: set[str] = set()
+    bands: set[str] = set()
     min_age: int | None = None
     max_age: int | None = None
     sex = ""
@@ -205,6 +218,11 @@ def _read_service(
                     problem(
                         path, f"unknown supported person {code!r} (one of {', '.join(SUPPORTED)})"
                     )
+            elif system == AGE_BAND_SYSTEM:
+                if code in AGE_BANDS:
+                    bands.add(code)
+                else:
+                    problem(path, f"unknown age band {code!r} (one of {', '.join(AGE_BANDS)})")
             elif system == GENDER_SYSTEM:
                 if code in ("female", "male"):
                     sex = code
@@ -235,6 +253,8 @@ def _read_service(
     cost = _cost(service, problem)
     referral_methods = _referral_methods(service, problem)
     contact = _contact(service, problem)
+    if contact == Contact() and EHR_TASK not in referral_methods and service_id:
+        problem(".telecom", "no contact: give a phone, website or email (or refer by EHR Task)")
     coverage = _coverage(service, locations, problem)
     description = str(service.get("comment") or "")
     description_es = _translation(_dict(service.get("_comment")), "es")
@@ -258,8 +278,33 @@ def _read_service(
         referral_methods=tuple(referral_methods),
         contact=contact,
         description_es=description_es,
+        age_bands=frozenset(bands),
+        local=any(
+            t.get("system") == DIRECTORY_TAG_SYSTEM and t.get("code") == "local"
+            for t in _list(_dict(service.get("meta")), "tag")
+        ),
+        tenant=_extension(service, TENANT_EXT, "valueUri"),
+        organization_ref=str(
+            _dict(_extension_value(service, EHR_ORGANIZATION_EXT, "valueReference")).get(
+                "reference"
+            )
+            or ""
+        ),
+        source=str(_dict(service.get("meta")).get("source") or ""),
     )
     return program, problems
+
+
+def _extension_value(resource: Mapping[str, Any], url: str, kind: str) -> Any:
+    for ext in _list(resource, "extension"):
+        if ext.get("url") == url:
+            return ext.get(kind)
+    return None
+
+
+def _extension(resource: Mapping[str, Any], url: str, kind: str) -> str:
+    value = _extension_value(resource, url, kind)
+    return value if isinstance(value, str) else ""
 
 
 def _age_range(value: Mapping[str, Any]) -> tuple[int | None, int | None] | str:
@@ -356,8 +401,6 @@ def _contact(service: Mapping[str, Any], problem: Report) -> Contact:
             continue
         else:
             problem(f".telecom[{i}].system", f"unknown telecom system {system!r}")
-    if not found and service.get("id"):
-        problem(".telecom", "no contact: give a phone, website or email")
     return Contact(**found)
 
 
@@ -500,6 +543,30 @@ def service_to_fhir(program: Program) -> dict[str, Any]:
         },
         "name": program.name,
     }
+    meta: dict[str, Any] = {}
+    if program.source:
+        meta["source"] = program.source
+    if program.local:
+        meta["tag"] = [
+            {"system": DIRECTORY_TAG_SYSTEM, "code": "local", "display": "Local program"}
+        ]
+    if meta:
+        service = {"resourceType": "HealthcareService", "id": program.id, "meta": meta, **service}
+    extensions: list[dict[str, Any]] = []
+    if program.tenant:
+        extensions.append({"url": TENANT_EXT, "valueUri": program.tenant})
+    if program.organization_ref:
+        extensions.append(
+            {
+                "url": EHR_ORGANIZATION_EXT,
+                "valueReference": {
+                    "reference": program.organization_ref,
+                    "display": program.organization,
+                },
+            }
+        )
+    if extensions:
+        service["extension"] = extensions
     if program.description:
         service["comment"] = program.description
     if program.description_es:
@@ -560,6 +627,20 @@ def _eligibility(program: Program) -> list[dict[str, Any]]:
         }
         for s in sorted(program.supports, key=lambda s: SUPPORTED.index(s) if s in SUPPORTED else 9)
     ]
+    for band in sorted(program.age_bands, key=AGE_BANDS.index):
+        rules.append(
+            {
+                "code": {
+                    "coding": [
+                        {
+                            "system": AGE_BAND_SYSTEM,
+                            "code": band,
+                            "display": AGE_BAND_DISPLAY.get(band, band),
+                        }
+                    ]
+                },
+            }
+        )
     if program.min_age is not None or program.max_age is not None:
         age_range: dict[str, Any] = {}
         for end, value in (("low", program.min_age), ("high", program.max_age)):

@@ -20,6 +20,17 @@ Supported = Literal["patient", "parent", "caregiver", "family"]
 Mode = Literal["phone", "video", "in-person-group", "one-to-one", "online", "text"]
 MODES: tuple[str, ...] = ("phone", "video", "in-person-group", "one-to-one", "online", "text")
 SUPPORTED: tuple[str, ...] = ("patient", "parent", "caregiver", "family")
+# Age bands a source states in words ("infants (parents)", "adults", "perinatal"): infants and
+# children are the child patient's age; perinatal is a patient who is (or was just) pregnant, at
+# any age. A program fits when the patient is in one of its bands (and in min_age..max_age).
+AGE_BANDS: tuple[str, ...] = ("infants", "children", "adults", "older-adults", "perinatal")
+INFANT_MAX_AGE = 2  # "infants" in the sources: birth to 3, as early intervention counts them
+OLDER_ADULT_AGE = 60
+# Verification statuses of a Condition that is not yet established.
+UNCONFIRMED = frozenset({"provisional", "differential", "unconfirmed"})
+# The referral method of a program the organization runs itself: the referral's Task is owned
+# by the program's Organization in the EHR, so it lands in the program's own queue.
+EHR_TASK = "ehr-task"
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,11 @@ class CodedCondition:
     category: tuple[str, ...] = ()
     onset: date | None = None
     recorded: date | None = None
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Provisional or differential: a working diagnosis, not an established one."""
+        return self.verification_status in UNCONFIRMED
 
     @property
     def label(self) -> str:
@@ -137,9 +153,18 @@ class Program:
     max_age: int | None = None
     sex: str = ""  # "" for any; "female" or "male" when the program serves only one
     cost: Literal["free", "low-cost", "fee", "unknown"] = "unknown"
-    referral_methods: tuple[str, ...] = ()  # self, provider, phone, web-form, email
+    referral_methods: tuple[str, ...] = ()  # self, provider, phone, web-form, email, ehr-task
     contact: Contact = Contact()
     description_es: str = ""
+    age_bands: frozenset[str] = frozenset()  # of AGE_BANDS; empty: any age (within min/max)
+    # A program the organization runs itself (a Family Partner program), added in the app.
+    local: bool = False
+    # The EHR (iss) whose staff added or edited it; "" for the shared curated directory.
+    tenant: str = ""
+    # The program's Organization in that EHR ("Organization/123"): owner of its referral Tasks.
+    organization_ref: str = ""
+    # Where an imported program came from (a FHIR base or an HSDS file); "" when ours.
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,8 @@ class Suggestion:
     needs: tuple[str, ...]
     reasons: tuple[Reason, ...]
     conditions: tuple[CodedCondition, ...]
+    # Every condition behind it is provisional or differential: said on the card, ranked below.
+    provisional: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,9 +204,17 @@ class Preferences:
 @dataclass(frozen=True)
 class SuggestionResult:
     suggestions: tuple[Suggestion, ...]
+    # The most relevant excluded programs (capped); `excluded_by` counts them all.
     exclusions: tuple[Exclusion, ...]
     unmapped: tuple[CodedCondition, ...]
     problems: tuple[ResourceProblem, ...] = ()
+    excluded_total: int = -1  # -1: len(exclusions)
+    # (criterion, how many programs a hard rule of that kind excluded), most first.
+    excluded_by: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def excluded_count(self) -> int:
+        return len(self.exclusions) if self.excluded_total < 0 else self.excluded_total
 
 
 ReferralStatus = Literal[

@@ -22,7 +22,7 @@ from fhir_mappings.domain import Contact, Coverage, Program
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "peer-programs.jsonl"
+DEFAULT_SOURCE = HERE / "source" / "peer-programs.jsonl"
 CURATION = HERE / "curation.toml"
 OUTPUT = HERE / "programs.json"
 
@@ -120,8 +120,19 @@ def build_program(record: dict[str, Any], cur: dict[str, Any]) -> Program:
         sex=cur.get("sex", ""),
         cost=cur["cost"],
         referral_methods=tuple(cur["referral"]),
-        contact=Contact(phone=phone, website=website_of(record)),
+        contact=Contact(phone=phone, website=curated_website(record, cur) or website_of(record)),
+        age_bands=frozenset(cur.get("ages", [])),
     )
+
+
+def curated_website(record: dict[str, Any], cur: dict[str, Any]) -> str:
+    """The curator's reading of a website the jsonl names but marks unsure ("kidney.org (?)")."""
+    site = str(cur.get("website") or "")
+    if not site:
+        return ""
+    if site not in record["website"]:
+        raise SystemExit(f"{record['id']}: curated website {site} is not in the source record")
+    return f"https://{site}"
 
 
 def build(source: Path) -> dict[str, Any]:

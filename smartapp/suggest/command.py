@@ -201,10 +201,13 @@ def result_as_json(
                 "score": s.score,
                 "needs": list(s.needs),
                 "conditions": [c.id for c in s.conditions],
+                "provisional": s.provisional,
                 "reasons": [_reason_json(r) for r in s.reasons],
             }
             for rank, s in enumerate(result.suggestions, start=1)
         ],
+        "excluded_total": result.excluded_count,
+        "excluded_by": dict(result.excluded_by),
         "exclusions": [
             {"program": _program_json(e.program), "reasons": [_reason_json(r) for r in e.reasons]}
             for e in result.exclusions
@@ -231,10 +234,12 @@ def result_as_text(chart: Chart, result: SuggestionResult) -> str:
         lines.append("No program fits the mapped conditions.")
     for rank, suggestion in enumerate(result.suggestions, start=1):
         program = suggestion.program
-        lines.append(f"{rank:2d}. {program.name} [{program.id}]  score {suggestion.score:g}")
+        flag = "  (provisional diagnosis)" if suggestion.provisional else ""
+        lines.append(f"{rank:2d}. {program.name} [{program.id}]  score {suggestion.score:g}{flag}")
         lines.extend(f"      {'+' if r.matched else '-'} {r.text}" for r in suggestion.reasons)
     if result.exclusions:
-        lines += ["", "Fits a need but excluded:"]
+        counts = ", ".join(f"{n} by {criterion}" for criterion, n in result.excluded_by)
+        lines += ["", f"Fits a need but excluded ({result.excluded_count}: {counts}):"]
         for exclusion in result.exclusions:
             why = "; ".join(r.text for r in exclusion.reasons)
             lines.append(f"  - {exclusion.program.name} [{exclusion.program.id}]: {why}")

@@ -15,6 +15,17 @@ substance use; the need CodeSystem's `parent`). When every condition bringing th
 brings a narrower one, the broad need is worth W_BROADER less, so Narcotics Anonymous leads for
 opioids, SMART Recovery (any substance) follows, and Alcoholics Anonymous does not match at all.
 
+Provisional rule: a need that only provisional or differential diagnoses bring is said so on the
+card ("provisional") and is worth W_PROVISIONAL less, so every program for an established condition
+ranks above it.
+
+Age bands: a program's source may state an age band in words (infants, children, adults,
+perinatal); a program with bands fits a patient in one of them, and a perinatal band fits a
+patient with a pregnancy, pregnancy-loss or perinatal mental-health need whatever the age.
+
+Exclusions are capped: the `exclusion_limit` most relevant (those serving the patient's weightiest
+needs) are listed with their reasons, and every excluded program is counted by kind of rule.
+
 Teen rule: a patient of 13 to 17 with a mental-health, substance-use or eating need is supported
 as themselves as much as through the parents: youth peer support (youth-run networks, youth peer
 specialists) is how that help reaches adolescents, beside the family programs.
@@ -25,11 +36,13 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from fhir_mappings.code_maps import CodeMap, language_name, language_names, us_state_name
 from fhir_mappings.domain import (
+    INFANT_MAX_AGE,
+    OLDER_ADULT_AGE,
     CodedCondition,
     Exclusion,
     PatientFacts,
@@ -78,6 +91,8 @@ CAREGIVER_NEEDS = frozenset(
 )
 # Needs the patient has as a parent (pregnancy, loss of a baby or child): parent programs fit.
 PARENT_NEEDS = frozenset({"pregnancy", "pregnancy-loss", "perinatal-mental-health", "bereavement"})
+# Needs that put the patient in a program's perinatal age band.
+PERINATAL_NEEDS = frozenset({"pregnancy", "pregnancy-loss", "perinatal-mental-health"})
 # Needs the patient has *as* a family member: caregiver and family programs serve them.
 FAMILY_MEMBER_NEEDS = frozenset({"family-substance-use", "caregiver-stress", "bereavement"})
 # A program with one of these needs serves only people who have it (veterans, people leaving
@@ -125,6 +140,10 @@ W_LOCAL = 0.5
 W_COVERAGE_UNKNOWN = -0.5
 W_FREE = 0.25
 W_SEX_UNKNOWN = -1.0
+# Taken off a program whose matched needs come only from provisional or differential diagnoses:
+# more than any program's soft and need points, so confirmed fits always rank first.
+W_PROVISIONAL = 100.0
+EXCLUSION_LIMIT = 10
 
 # Needs that decide who should be supported first (see `_recipients`).
 RECIPIENT_NEEDS = (
@@ -158,6 +177,7 @@ class Directory:
         self._words = {p.id: _words_of(p) for p in self._programs}
         self._facets = {name: _Facet(self._programs, key) for name, key in _FACET_KEYS.items()}
         self._costs = tuple(_cost(p) for p in self._programs)
+        self._cost_points = [points for _, points in self._costs]
         self._needs = tuple(p.needs for p in self._programs)
 
     @classmethod
@@ -222,7 +242,7 @@ def _words_of(program: Program) -> frozenset[str]:
 _FACET_KEYS: dict[str, Callable[[Program], Hashable]] = {
     "eligibility": lambda p: p.needs & ELIGIBILITY_NEEDS,
     "parents": lambda p: (_parents_only(p), p.needs & PARENT_NEEDS),
-    "age": lambda p: (p.min_age, p.max_age),
+    "age": lambda p: (p.min_age, p.max_age, p.age_bands),
     "sex": lambda p: p.sex,
     "coverage": lambda p: p.coverage,
     "supports": lambda p: p.supports,
@@ -254,6 +274,7 @@ def suggest_programs(
     today: date | None = None,
     limit: int = 10,
     problems: Sequence[ResourceProblem] = (),
+    exclusion_limit: int = EXCLUSION_LIMIT,
 ) -> SuggestionResult:
     """Rank the programs that fit the patient's needs; list hard-rule exclusions apart."""
     age = patient.age_on(today or date.today())
@@ -285,16 +306,48 @@ def suggest_programs(
     programs = directory.programs
     candidates: set[int] = set().union(*(directory._positions[n] for n in call.needs_in_directory))
     excluded = candidates & call.failing
-    exclusions = call.exclusions(excluded)
+    shown = _most_relevant(excluded, call, weights, fit, exclusion_limit)
+    exclusions = call.exclusions(shown)
     # Rank on scores alone; reasons are built only for the programs shown.
-    ranked = heapq.nsmallest(max(limit, 0), call.scores(candidates - excluded, fit))
+    ranked = call.best(candidates - excluded, fit, limit)
     suggestions = [_suggestion(programs[i], fit, call, i, -score) for score, i in ranked]
+    # The provisional penalty orders the list; the score shown is the fit itself.
+    suggestions = [
+        replace(s, score=round(s.score + W_PROVISIONAL, 3)) if s.provisional else s
+        for s in suggestions
+    ]
     return SuggestionResult(
         suggestions=tuple(suggestions),
         exclusions=tuple(exclusions),
         unmapped=tuple(unmapped),
         problems=tuple(problems),
+        excluded_total=len(excluded),
+        excluded_by=call.excluded_by(excluded),
     )
+
+
+def _most_relevant(
+    excluded: set[int], call: _Call, weights: dict[str, float], fit: _Fit, limit: int
+) -> set[int]:
+    """The `limit` excluded programs a person would most want to know about.
+
+    Those serving the patient's weightiest needs are gathered first (a few times `limit`, so
+    ten thousand exclusions are not all scored), then ranked by the same score as suggestions.
+    """
+    if limit <= 0 or not excluded:
+        return set()
+    if len(excluded) <= limit:
+        return set(excluded)
+    gathered: set[int] = set()
+    directory = call.directory
+    for need in sorted(call.needs_in_directory, key=lambda n: (-weights.get(n, 0.0), n)):
+        for i in sorted(directory._positions[need] & excluded):
+            gathered.add(i)
+            if len(gathered) >= 4 * limit:
+                break
+        if len(gathered) >= 4 * limit:
+            break
+    return {i for _, i in heapq.nsmallest(limit, call.scores(gathered, fit))}
 
 
 def needs_of_patient(
@@ -368,17 +421,53 @@ def _parents_reason(
     return None
 
 
-def _age_reason(program: Program, view: _PatientView) -> Reason | None:
+def _age_reason(
+    program: Program, view: _PatientView, patient_needs: frozenset[str]
+) -> Reason | None:
     # Once the patient has died the program serves the family, not someone of the patient's age.
-    if (program.min_age is None and program.max_age is None) or view.deceased:
+    no_range = program.min_age is None and program.max_age is None
+    if (no_range and not program.age_bands) or view.deceased:
         return None
-    band = _age_band(program.min_age, program.max_age)
+    words = [_band_words(program.age_bands)] if program.age_bands else []
+    if not no_range:
+        words.append(_age_band(program.min_age, program.max_age))
+    band = "; ".join(words)
     if view.age is None:
         return Reason("age", True, f"{band} (patient's age not recorded)")
     fits = (program.min_age is None or view.age >= program.min_age) and (
         program.max_age is None or view.age <= program.max_age
     )
+    if fits and program.age_bands:
+        fits = any(_in_band(b, view.age, patient_needs) for b in program.age_bands)
     return Reason("age", fits, band if fits else f"{band}; patient is {view.age}")
+
+
+BAND_WORDS = {
+    "infants": "infants and toddlers",
+    "children": "children",
+    "adults": "adults",
+    "older-adults": "older adults",
+    "perinatal": "pregnancy and after birth",
+}
+
+
+def _band_words(bands: frozenset[str]) -> str:
+    ordered = [BAND_WORDS[b] for b in BAND_WORDS if b in bands]
+    return "For " + " or ".join(ordered)
+
+
+def _in_band(band: str, age: int, patient_needs: frozenset[str]) -> bool:
+    if band == "infants":
+        return age <= INFANT_MAX_AGE
+    if band == "children":
+        return age < ADULT_AGE
+    if band == "adults":
+        return age >= ADULT_AGE
+    if band == "older-adults":
+        return age >= OLDER_ADULT_AGE
+    if band == "perinatal":
+        return bool(patient_needs & PERINATAL_NEEDS)
+    return False
 
 
 def _sex_reason(program: Program, patient: PatientFacts) -> Reason | None:
@@ -434,6 +523,7 @@ class _Fit:
     # need -> None when it is the best-fitting need of one of its conditions; else, for each
     # of its conditions, the needs that fit that condition better.
     outranked: dict[str, tuple[frozenset[str], ...] | None]
+    provisional: frozenset[str]  # needs that only provisional/differential conditions bring
 
     @classmethod
     def of(
@@ -462,24 +552,34 @@ class _Fit:
             ranked=ranked,
             position={c.id: i for i, c in enumerate(conditions)},
             by_id=by_id,
-            reason={cid: Reason("need", True, c.label, (cid,)) for cid, c in by_id.items()},
+            reason={
+                cid: Reason("need", True, _condition_words(c), (cid,)) for cid, c in by_id.items()
+            },
             standalone=standalone,
             outranked=outranked,
+            provisional=frozenset(
+                need
+                for need, found in need_conditions.items()
+                if found and all(c.unconfirmed for c in found)
+            ),
         )
 
-    def need_score(self, needs: frozenset[str], matched: frozenset[str]) -> float:
-        """What the patient's needs that a program (`needs`) serves are worth."""
+    def need_points(self, matched: frozenset[str]) -> tuple[float, bool, float]:
+        """What the patient's needs that a program serves are worth, before its focus: the
+        points, whether they are all provisional, and the standalone needs' points."""
         # Each condition counts through its best-fitting need, and each need once: ten cancer
         # codes do not outweigh one heart diagnosis, nor does one code that maps to two needs.
+        # `higher` holds patient needs only, so `higher & needs` is `higher & matched`.
         score = 0.0
         for need in sorted(matched):
             above = self.outranked[need]
-            if above is None or any(not higher & needs for higher in above):
+            if above is None or any(not higher & matched for higher in above):
                 score += self.weights[need]
-        score += W_FOCUS * len(matched) / len(needs)
+        provisional = bool(self.provisional) and matched <= self.provisional
+        standalone = 0.0
         if self.standalone:
-            score += sum(self.weights[n] for n in sorted(matched) if n in self.standalone)
-        return score
+            standalone = sum(self.weights[n] for n in sorted(matched) if n in self.standalone)
+        return score, provisional, standalone
 
 
 class _Call:
@@ -506,7 +606,7 @@ class _Call:
             _eligibility_reasons(p, patient_needs, code_map) for p in examples["eligibility"]
         ]
         self.parents = [_parents_reason(p, view, patient_needs) for p in examples["parents"]]
-        self.age = [_age_reason(p, view) for p in examples["age"]]
+        self.age = [_age_reason(p, view, patient_needs) for p in examples["age"]]
         self.sex = [_sex_reason(p, patient) for p in examples["sex"]]
         self.coverage = [_coverage_reason(p, patient) for p in examples["coverage"]]
         failing: set[int] = set()
@@ -527,10 +627,17 @@ class _Call:
         # Soft criteria, as (reason, points) per facet value; who is supported depends on the
         # program's supports and on who should be helped, of which there are few kinds.
         kinds: dict[tuple[frozenset[str], frozenset[str]], int] = {}
-        self.recipient_kind = [
-            kinds.setdefault(_recipients(sorted(p.needs & patient_needs), view), len(kinds))
-            for p in examples["recipients"]
-        ]
+        # Many facet values meet the patient's needs in the same few ways: work each out once.
+        kind_of: dict[frozenset[str], int] = {}
+        self.recipient_kind: list[int] = []
+        for p in examples["recipients"]:
+            shared = p.needs & patient_needs
+            kind = kind_of.get(shared)
+            if kind is None:
+                kind = kind_of[shared] = kinds.setdefault(
+                    _recipients(sorted(shared), view), len(kinds)
+                )
+            self.recipient_kind.append(kind)
         by_kind = sorted(kinds, key=kinds.__getitem__)
         self.supports = [
             [_supports_for(p.supports, primary, others) for primary, others in by_kind]
@@ -588,6 +695,25 @@ class _Call:
             map(Exclusion, map(programs.__getitem__, order), map(failed.__getitem__, order))
         )
 
+    def excluded_by(self, excluded: set[int]) -> tuple[tuple[str, int], ...]:
+        """How many excluded programs each kind of hard rule excluded, most first."""
+        counts: dict[str, int] = {}
+        for name, criterion, reasons in (
+            ("eligibility", "need", [bool(r) for r in self.eligibility]),
+            ("parents", "supports", [r is not None and not r.matched for r in self.parents]),
+            ("age", "age", [r is not None and not r.matched for r in self.age]),
+            ("sex", "sex", [r is not None and not r.matched for r in self.sex]),
+            ("coverage", "coverage", [r is not None and not r.matched for r in self.coverage]),
+        ):
+            members = self.facets[name].members
+            found: set[int] = set()
+            for value, failing in enumerate(reasons):
+                if failing:
+                    found |= members[value] & excluded
+            if found:
+                counts[criterion] = counts.get(criterion, 0) + len(found)
+        return tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
     def soft(self, i: int) -> list[tuple[Reason | None, float]]:
         """Who is supported, language, mode, coverage, cost, unknown sex: in the order shown."""
         of = self.facets
@@ -601,32 +727,88 @@ class _Call:
         ]
 
     def scores(self, positions: Iterable[int], fit: _Fit) -> Iterator[tuple[float, int]]:
-        """(-score, position) of each program, its score rounded as `Suggestion.score` is."""
+        """(-score, position) of each program, its score rounded as `Suggestion.score` is.
+
+        The hot loop of matching: table look-ups unrolled, and the need points of each distinct
+        set of matched needs worked out once (a program's needs that fit are few, and shared).
+        The additions keep one order, so a score is the same float whichever way it is reached.
+        """
         of = self.facets
         # Points count whether or not a reason is shown: a covering local program's bonus
         # comes with no soft reason, as the hard rule already says "Serves California".
-        tables = [
-            (of["language"].of, [points for _, points in self.language]),
-            (of["mode"].of, [points for _, points in self.mode]),
-            (of["coverage"].of, [points for _, points in self.coverage_fit]),
-            (range(len(self.directory._costs)), [points for _, points in self.directory._costs]),
-            (of["sex"].of, [points for _, points in self.sex_unknown]),
-        ]
+        language_of, language = of["language"].of, [points for _, points in self.language]
+        mode_of, mode = of["mode"].of, [points for _, points in self.mode]
+        coverage_of = of["coverage"].of
+        coverage = [points for _, points in self.coverage_fit]
+        cost = self.directory._cost_points
+        sex_of, sex = of["sex"].of, [points for _, points in self.sex_unknown]
         supports_of, recipients_of = of["supports"].of, of["recipients"].of
         supports = [[points for _, points in row] for row in self.supports]
         kind = self.recipient_kind
-        needs_of, patient_needs, need_score = (
-            self.directory._needs,
-            self.patient_needs,
-            fit.need_score,
-        )
+        needs_of, patient_needs = self.directory._needs, self.patient_needs
+        by_matched: dict[frozenset[str], tuple[float, bool, float]] = {}
+        need_points = fit.need_points
         for i in positions:
             needs = needs_of[i]
-            score = need_score(needs, needs & patient_needs)
+            matched = needs & patient_needs
+            found = by_matched.get(matched)
+            if found is None:
+                found = by_matched[matched] = need_points(matched)
+            score = found[0] + W_FOCUS * len(matched) / len(needs)
+            if found[1]:
+                score -= W_PROVISIONAL
+            if found[2]:
+                score += found[2]
             score += supports[supports_of[i]][kind[recipients_of[i]]]
-            for value_of, points in tables:
-                score += points[value_of[i]]
+            score += language[language_of[i]]
+            score += mode[mode_of[i]]
+            score += coverage[coverage_of[i]]
+            score += cost[i]
+            score += sex[sex_of[i]]
             yield -round(score, 3), i
+
+    def best(self, positions: set[int], fit: _Fit, limit: int) -> list[tuple[float, int]]:
+        """The `limit` best (-score, position), as `heapq.nsmallest(limit, scores(...))` gives,
+        scoring only the programs that could still make the list.
+
+        Programs are grouped by the patient needs they serve; a group's best possible score is
+        its need points plus full focus plus the best soft points any program gets, so groups
+        are scored best-first and the rest skipped once none of them could rank.
+        """
+        if limit <= 0 or not positions:
+            return []
+        needs_of, patient_needs = self.directory._needs, self.patient_needs
+        groups: dict[frozenset[str], list[int]] = {}
+        for i in positions:
+            matched = needs_of[i] & patient_needs
+            found = groups.get(matched)
+            if found is None:
+                groups[matched] = [i]
+            else:
+                found.append(i)
+        soft_best = (
+            max(max(points for _, points in row) for row in self.supports)
+            + max(points for _, points in self.language)
+            + max(points for _, points in self.mode)
+            + max(points for _, points in self.coverage_fit)
+            + max(self.directory._cost_points)
+            + max(points for _, points in self.sex_unknown)
+        )
+        bounds = []
+        for matched, members in groups.items():
+            points, provisional, standalone = fit.need_points(matched)
+            bound = points + W_FOCUS + standalone + soft_best
+            if provisional:
+                bound -= W_PROVISIONAL
+            bounds.append((-bound, sorted(matched), members))
+        bounds.sort(key=lambda b: (b[0], b[1]))
+        kept: list[tuple[float, int]] = []
+        for negative_bound, _, members in bounds:
+            # Margin for the rounding to 3 decimals of the scores compared.
+            if len(kept) >= limit and negative_bound > kept[limit - 1][0] + 0.001:
+                break
+            kept = heapq.nsmallest(limit, [*kept, *self.scores(members, fit)])
+        return kept
 
 
 def _suggestion(program: Program, fit: _Fit, call: _Call, i: int, score: float) -> Suggestion:
@@ -646,7 +828,15 @@ def _suggestion(program: Program, fit: _Fit, call: _Call, i: int, score: float) 
         needs=tuple(matched),
         reasons=tuple(reasons),
         conditions=tuple(fit.by_id[cid] for cid in ordered),
+        provisional=bool(matched) and set(matched) <= fit.provisional,
     )
+
+
+def _condition_words(condition: CodedCondition) -> str:
+    if condition.unconfirmed:
+        status = condition.verification_status
+        return f"{condition.label} ({status}, not confirmed)"
+    return condition.label
 
 
 def _need_weight(need: str, directory: Directory, code_map: CodeMap) -> float:

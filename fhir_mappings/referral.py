@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from fhir_mappings.chart import ChartError, patient_facts
-from fhir_mappings.domain import SNOMED, Consent, ContactPreference, Program, Referral
+from fhir_mappings.domain import EHR_TASK, SNOMED, Consent, ContactPreference, Program, Referral
 from fhir_mappings.fhir_client import FhirAuthError, FhirClient, FhirError
 
 Resource = dict[str, Any]
@@ -125,6 +125,15 @@ def performer_reference(referral: Referral, resource_ref: str = "") -> Resource:
         "identifier": _ident(PEERBRIDGE_CS + "program", referral.program.id),
         "display": f"{referral.program.name} ({referral.program.organization})",
     }
+
+
+def task_owner(referral: Referral, performer_ref: str = "") -> Resource:
+    """Who works the Task: the program's own Organization in the EHR when the program takes
+    referrals as an EHR Task (a local Family Partner program), so it lands in that queue."""
+    program = referral.program
+    if EHR_TASK in program.referral_methods and program.organization_ref:
+        return {"reference": program.organization_ref, "display": program.name}
+    return performer_reference(referral, performer_ref)
 
 
 def service_request(
@@ -308,7 +317,7 @@ def task_resource(
         "focus": {"reference": focus_ref},
         "for": {"reference": f"Patient/{referral.patient_id}"},
         "authoredOn": instant(referral.authored_on),
-        "owner": performer_reference(referral, performer_ref),
+        "owner": task_owner(referral, performer_ref),
     }
     if referral.requester:
         resource["requester"] = {"reference": referral.requester}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import date
+from datetime import UTC, date
 from pathlib import Path
 from typing import Any
 
@@ -454,3 +454,52 @@ def test_local_program_is_suggested_only_inside_its_county(code_map: CodeMap) ->
         patient(30, "male", "CA", "Los Angeles County"), conditions("Q23.4"), directory, code_map
     )
     assert "local-fp" not in [s.program.id for s in adult.suggestions]
+
+
+def test_a_referral_to_a_local_ehr_task_program_gives_its_task_to_the_programs_organization() -> (
+    None
+):
+    from datetime import datetime
+
+    from fhir_mappings.domain import Referral
+    from fhir_mappings.referral import TaskState, task_resource
+
+    local = Program(
+        id="local-fp",
+        name="Family Partner Program",
+        organization="Children's Hospital",
+        description="",
+        needs=frozenset({"cshcn"}),
+        supports=frozenset({"parent"}),
+        modes=frozenset({"one-to-one"}),
+        referral_methods=(EHR_TASK,),
+        local=True,
+        organization_ref="Organization/family-partners",
+    )
+    referral = Referral(
+        identifier="r1",
+        patient_id="p1",
+        program=local,
+        condition_ids=(),
+        status="draft",
+        authored_on=datetime(2026, 11, 30, tzinfo=UTC),
+    )
+    state = TaskState(status="requested")
+    task = task_resource(
+        referral, identifier_system="urn:x", focus_ref="ServiceRequest/1", state=state
+    )
+    assert task["owner"]["reference"] == "Organization/family-partners"
+    national = task_resource(
+        Referral(
+            "r2",
+            "p1",
+            Program(**{**local.__dict__, "referral_methods": ("self",)}),
+            (),
+            "draft",
+            referral.authored_on,
+        ),
+        identifier_system="urn:x",
+        focus_ref="ServiceRequest/2",
+        state=state,
+    )
+    assert "reference" not in national["owner"]

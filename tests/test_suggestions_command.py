@@ -30,6 +30,8 @@ TOP_KEYS = {
     "preferences": dict,
     "suggestions": list,
     "exclusions": list,
+    "excluded_total": int,
+    "excluded_by": dict,
     "unmapped": list,
     "problems": list,
 }
@@ -41,6 +43,7 @@ SUGGESTION_KEYS = {
     "score": (int, float),
     "needs": list,
     "conditions": list,
+    "provisional": bool,
     "reasons": list,
 }
 PROGRAM_KEYS = {
@@ -193,7 +196,7 @@ def test_text_output_ranks_programs_with_reasons_and_lists_exclusions(
     assert " 1. Sisters by Heart [sistersbyheart]" in out
     assert "+ Hypoplastic left heart syndrome (Q23.4)" in out
     assert "- English only" in out
-    assert "Fits a need but excluded:" in out
+    assert "Fits a need but excluded (" in out
     assert "Serves Virginia only" in out
     assert " 4. " not in out
 

@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, RowMapping
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fhir_mappings.fhir_client import FhirAuthError, FhirClient, FhirError, FhirUnavailable
 from fhir_mappings.referral import WriteResult, send_bundle
@@ -139,7 +139,11 @@ class Outbox:
         engine: Engine | None = None,
     ) -> None:
         self.engine = engine or create_engine(database_url, future=True)
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError:
+            # Another gunicorn worker created the table between our check and our CREATE.
+            metadata.create_all(self.engine)
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self.clock = clock

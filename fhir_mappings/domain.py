@@ -250,4 +250,5 @@ class Referral:
     contact_person: str = ""  # "RelatedPerson/9" when a parent or caregiver is contacted
     consent: Consent | None = None
     replaces: str = ""  # "ServiceRequest/55" when this is a new match
+    encounter: str = ""  # "Encounter/7" when the launch gave an encounter
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)

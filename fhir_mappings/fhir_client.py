@@ -11,6 +11,8 @@ failed) the request is not sent: never anonymously in place of the launch's acce
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +94,28 @@ class WriteResult:
 TokenProvider = Callable[[], str | None]
 
 
+class CapabilityCache:
+    """CapabilityStatements by FHIR base, kept `ttl_seconds` (the app uses its discovery TTL),
+    so the clients made for each request and each outbox send share one download."""
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+        self._entries: dict[str, tuple[float, Resource]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base_url: str) -> Resource | None:
+        with self._lock:
+            found = self._entries.get(base_url)
+        if found is None or self.clock() - found[0] >= self.ttl_seconds:
+            return None
+        return found[1]
+
+    def put(self, base_url: str, statement: Resource) -> None:
+        with self._lock:
+            self._entries[base_url] = (self.clock(), statement)
+
+
 class FhirClient:
     def __init__(
         self,
@@ -106,6 +130,7 @@ class FhirClient:
         max_pages: int = MAX_PAGES,
         max_bytes: int | None = None,
         http: GuardedHttp | None = None,
+        capability_cache: CapabilityCache | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
@@ -121,6 +146,7 @@ class FhirClient:
         self.max_pages = max_pages
         # A known CapabilityStatement (e.g. cached per iss) saves the metadata round trip.
         self._capabilities: Resource | None = capabilities
+        self._capability_cache = capability_cache
 
     # -- reads -------------------------------------------------------------------------------
     def read(self, resource_type: str, resource_id: str) -> Resource:
@@ -166,8 +192,12 @@ class FhirClient:
                     yield entry["resource"]
 
     def capabilities(self) -> Resource:
+        if self._capabilities is None and self._capability_cache is not None:
+            self._capabilities = self._capability_cache.get(self.base_url)
         if self._capabilities is None:
             self._capabilities = self._json("GET", "metadata")
+            if self._capability_cache is not None:
+                self._capability_cache.put(self.base_url, self._capabilities)
         return self._capabilities
 
     def supports(self, resource_type: str, interaction: str) -> bool:

@@ -190,6 +190,8 @@ def service_request(
         }
     if referral.requester:
         resource["requester"] = {"reference": referral.requester}
+    if referral.encounter:
+        resource["encounter"] = {"reference": referral.encounter}
     if referral.condition_ids:
         resource["reasonReference"] = [
             {"reference": f"Condition/{cid}"} for cid in referral.condition_ids
@@ -1008,6 +1010,7 @@ def referral_for_new_match(
     requester: str,
     followup_due: date,
     old_sr: Resource,
+    encounter: str = "",
 ) -> Referral:
     """The replacing referral: same patient, reasons and family choices, a new program."""
     consent_notes = [
@@ -1030,6 +1033,7 @@ def referral_for_new_match(
         language=old.language,
         contact_person=old.contact_person,
         replaces=f"ServiceRequest/{old.service_request_id}",
+        encounter=encounter,
     )
 
 

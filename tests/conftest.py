@@ -96,13 +96,15 @@ class Sandbox:
         wait_until_up(f"{self.base_url}/fhir/metadata", process=self.process)
 
 
-def _start_sandbox(tmp: Path) -> Sandbox:
+def _start_sandbox(tmp: Path, extra: tuple[str, ...] = ()) -> Sandbox:
     port = free_port()
     db = tmp / "ehr.sqlite3"
     clients_file = tmp / "clients.json"
     clients_file.write_text(json.dumps({"clients": []}), encoding="utf-8")
     process = subprocess.Popen(
-        sandbox_command(host="127.0.0.1", port=port, db=db, clients=clients_file, reset=True)
+        sandbox_command(
+            host="127.0.0.1", port=port, db=db, clients=clients_file, reset=True, extra=extra
+        )
     )
     base = f"http://127.0.0.1:{port}"
     wait_until_up(f"{base}/fhir/metadata", timeout=60, process=process)

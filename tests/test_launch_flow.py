@@ -8,6 +8,7 @@ import itertools
 import logging
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -20,7 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from smartapp.app import create_app
-from tests.conftest import Sandbox, adopt_launch, app_settings
+from tests.conftest import Sandbox, _start_sandbox, adopt_launch, app_settings
 
 REDIRECT_URI = "http://localhost/callback"
 _ids = itertools.count(1)
@@ -498,16 +499,64 @@ def test_expired_access_token_is_refreshed_and_the_rotated_refresh_token_kept(
         assert _token_calls(sandbox) == 1
 
 
+def _age_token(app: Flask, handle: str, seconds_left: float) -> None:
+    """Make the launch's access token expire in `seconds_left` (its lifetime unchanged)."""
+    from smartapp.session.current import launch_store
+
+    store = launch_store(app)
+    record = store.kv.get("launch", handle)
+    assert record is not None
+    record["expires_at"] = time.time() + seconds_left
+    store.kv.put("launch", handle, record, 600)
+
+
 def test_token_is_refreshed_ahead_of_expiry_within_the_margin(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    app = _public_app(sandbox, tmp_path, refresh_margin_seconds=10**6)
+    app = _public_app(sandbox, tmp_path, refresh_margin_seconds=60)
     client = app.test_client()
     handle = _handle_of(_ehr_launch(client, sandbox, "peds-preemie"))
+    _age_token(app, handle, 30)  # an hour-long token with 30 s left: within the margin
     sandbox.clear_requests_log()
     _about(client, handle)
     statuses = [r["status"] for r in sandbox.requests_log() if r["path"].startswith("/fhir/")]
     assert _token_calls(sandbox) == 1 and 401 not in statuses
+
+
+@pytest.fixture(scope="module")
+def short_token_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A dev EHR whose access tokens live 20 s, shorter than the default 60 s refresh margin."""
+    box = _start_sandbox(tmp_path_factory.mktemp("ehr-short"), extra=("--token-ttl", "20"))
+    yield box
+    box.process.terminate()
+    box.process.wait(timeout=10)
+
+
+def test_tokens_shorter_lived_than_the_margin_are_not_refreshed_before_every_call(
+    short_token_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smartapp.session.current import launch_store
+
+    sandbox = short_token_sandbox
+    app = _public_app(sandbox, tmp_path)  # the default 60 s margin
+    client = app.test_client()
+    handle = _handle_of(_ehr_launch(client, sandbox, "peds-preemie"))
+    store = launch_store(app)
+    sandbox.clear_requests_log()
+    with ThreadPoolExecutor(3) as pool:  # three calls of one page at once
+        served = set(pool.map(lambda _: store.access_token(handle), range(3)))
+    for _ in range(2):
+        _about(client, handle)
+    assert _token_calls(sandbox) == 0 and len(served) == 1
+
+    _age_token(app, handle, 5)  # past half its life: one refresh, shared by everyone waiting
+    with ThreadPoolExecutor(3) as pool:
+        fresh = set(pool.map(lambda _: store.access_token(handle), range(3)))
+    _about(client, handle)
+    assert len(fresh) == 1 and fresh != served
+    assert _token_calls(sandbox) == 1
 
 
 def test_without_a_refresh_token_an_expired_launch_asks_to_relaunch_from_the_ehr(

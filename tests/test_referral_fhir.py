@@ -15,7 +15,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from requests.adapters import HTTPAdapter
 
 from fhir_mappings.domain import Consent, Program, Referral
-from fhir_mappings.fhir_client import FhirClient, FhirError
+from fhir_mappings.fhir_client import CapabilityCache, FhirClient, FhirError
 from fhir_mappings.referral import (
     CONTACT_PREFERENCE_CS,
     DEVICE_IDENTIFIER,
@@ -36,7 +36,7 @@ from fhir_mappings.referral import (
     task_resource,
     update_transaction,
 )
-from tests.conftest import SUBSPECIALIST, FhirServer
+from tests.conftest import SUBSPECIALIST, FhirServer, Sandbox
 
 SYSTEM = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
 PATIENT = "peds-chd-hlhs"
@@ -420,3 +420,24 @@ def test_search_referrals_follows_pages_of_two(client: FhirClient) -> None:
     found = {referral_view(sr, t, SYSTEM).identifier: t for sr, t in pairs}
     assert mine <= set(found) and all(found[i] is not None for i in mine)
     assert len(found) == len(pairs)  # no referral listed twice across pages
+
+
+def test_the_capability_statement_is_shared_by_clients_until_its_ttl_ends(
+    sandbox: Sandbox,
+) -> None:
+    now = [1000.0]
+    cache = CapabilityCache(3600, clock=lambda: now[0])
+    token = sandbox.mint_token(PATIENT, SCOPE)
+
+    def fresh_client() -> FhirClient:
+        return FhirClient(
+            sandbox.fhir_base, token=lambda: str(token["access_token"]), capability_cache=cache
+        )
+
+    sandbox.clear_requests_log()
+    for _ in range(3):
+        assert fresh_client().supports("ServiceRequest", "create")
+    now[0] += 3600
+    assert fresh_client().supports("", "transaction")
+    metadata = [r for r in sandbox.requests_log() if r["path"] == "/fhir/metadata"]
+    assert len(metadata) == 2  # once, then once more after the TTL

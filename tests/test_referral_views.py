@@ -319,3 +319,46 @@ def test_a_patient_worklist_without_user_scope_shows_only_that_patient(
     page = web.get(f"/l/{handle}/worklist").get_data(as_text=True)
     assert mine["identifier"] in page and theirs["identifier"] not in page
     assert "All patients" not in page
+
+
+def test_a_proposal_carries_the_launch_encounter_and_reuses_the_capability_statement(
+    app: Flask, sandbox: Sandbox
+) -> None:
+    web = app.test_client()
+    token = sandbox.mint_token(PATIENT, WRITE_SCOPE)
+    token["encounter"] = "peds-chd-hlhs-visit"  # the EHR launched from this encounter
+    binding = uuid.uuid4().hex
+    with web.session_transaction() as session:
+        session[BINDING_KEY] = binding
+    with app.app_context():
+        handle = launch_store().adopt(token, sandbox.fhir_base, binding=binding)
+    sandbox.clear_requests_log()
+    identifiers = []
+    for _ in range(3):
+        _, form = propose_via_form(app, web, handle)
+        assert web.post(f"/l/{handle}/referrals", data=form).status_code == 303
+        identifiers.append(form["identifier"])
+    metadata = [r for r in sandbox.requests_log() if r["path"] == "/fhir/metadata"]
+    assert len(metadata) == 1  # cached for the discovery TTL, not fetched per write
+    system = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
+    for identifier in identifiers:
+        sr = next(
+            ehr_client(sandbox).search("ServiceRequest", {"identifier": f"{system}|{identifier}"})
+        )
+        assert sr["encounter"] == {"reference": "Encounter/peds-chd-hlhs-visit"}
+
+
+def test_without_an_encounter_in_the_launch_the_request_names_none(
+    app: Flask, sandbox: Sandbox
+) -> None:
+    web = app.test_client()
+    handle = launch(app, sandbox, web)
+    _, form = propose_via_form(app, web, handle)
+    assert web.post(f"/l/{handle}/referrals", data=form).status_code == 303
+    system = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
+    sr = next(
+        ehr_client(sandbox).search(
+            "ServiceRequest", {"identifier": f"{system}|{form['identifier']}"}
+        )
+    )
+    assert "encounter" not in sr

@@ -64,6 +64,11 @@ class Actor:
     fhir_user: str
     patient_id: str = ""
     writable: frozenset[str] = frozenset()  # resource types the token may create and update
+    encounter_id: str = ""  # the launch's encounter, when the EHR gave one
+
+    @property
+    def encounter(self) -> str:
+        return f"Encounter/{self.encounter_id}" if self.encounter_id else ""
 
     @property
     def requester(self) -> str:
@@ -178,6 +183,7 @@ class ReferralService:
                 requester=actor.requester,
                 followup_due=self._due(now),
                 priority=priority,
+                encounter=actor.encounter,
                 note=note,
                 patient_instruction=patient_instruction,
             )
@@ -318,6 +324,7 @@ class ReferralService:
                     requester=actor.requester,
                     followup_due=self._due(now),
                     old_sr=sr,
+                    encounter=actor.encounter,
                 )
                 bundle = referral_transaction(
                     replacement,

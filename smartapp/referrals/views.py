@@ -78,6 +78,7 @@ def current_actor() -> Actor:
         fhir_user=launch.fhir_user,
         patient_id=launch.patient_id,
         writable=frozenset(t for t in WRITTEN_TYPES if launch.can_write(t)),
+        encounter_id=launch.encounter_id,
     )
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import requests
 
 from config import Settings
-from fhir_mappings.fhir_client import FhirClient
+from fhir_mappings.fhir_client import CapabilityCache, FhirClient
 from launch.authorize import (
     POST_SCOPE_CHARS,
     AuthorizationRequest,
@@ -221,6 +221,8 @@ class LaunchStore:
             self.http, ttl_seconds=smart.discovery_ttl_seconds, timeout=timeout
         )
         self.tokens = TokenClient(self.http, self.auth, timeout=timeout)
+        # Downloaded once per iss and TTL, not on every referral write.
+        self.capabilities = CapabilityCache(smart.discovery_ttl_seconds)
         # Scope length above which the authorize request is POSTed (when the server allows).
         self.authorize_post_over = POST_SCOPE_CHARS
         self._local_locks: dict[str, threading.Lock] = {}
@@ -461,6 +463,7 @@ class LaunchStore:
             deadline=deadline,
             max_pages=fhir.max_pages,
             http=self.guarded,
+            capability_cache=self.capabilities,
         )
 
     def _record_or_empty(self, handle: str) -> dict[str, Any]:
@@ -488,8 +491,9 @@ class LaunchStore:
         if stale is not None:
             return bool(stale) and stale == record.get("access_token")
         expires_at = float(record.get("expires_at") or 0)
-        margin = self.settings.smart.refresh_margin_seconds
-        return bool(expires_at) and time.time() >= expires_at - margin
+        return bool(expires_at) and time.time() >= expires_at - refresh_margin(
+            self.settings.smart.refresh_margin_seconds, float(record.get("lifetime") or 0)
+        )
 
     def _refresh(self, handle: str, record: dict[str, Any]) -> str:
         refresh_token = str(record.get("refresh_token") or "")
@@ -529,10 +533,18 @@ class LaunchStore:
             yield
 
 
+def refresh_margin(margin: float, lifetime: float) -> float:
+    """How long before expiry a token is refreshed: the setting, but never more than half the
+    token's life, so a token that lives shorter than the margin is not refreshed before every
+    call (and a fresh token never looks stale to the threads that waited for it)."""
+    return min(margin, lifetime / 2) if lifetime > 0 else margin
+
+
 def _token_fields(token: TokenResponse, keep_refresh: str = "") -> dict[str, Any]:
     return {
         "access_token": token.access_token,
         "expires_at": token.expires_at,
+        "lifetime": max(token.expires_at - time.time(), 0.0) if token.expires_at else 0.0,
         # A server that does not rotate keeps the old refresh token valid (RFC 6749 §6).
         "refresh_token": token.refresh_token or keep_refresh,
     }

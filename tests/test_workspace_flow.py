@@ -411,6 +411,8 @@ def test_a_clinician_nominates_a_parent_and_the_coordinator_follows_up(
 ) -> None:
     clinician = app.test_client()
     handle = launch_as(app, sandbox, clinician, SUBSPECIALIST, patient=PATIENT)
+    patient_view = clinician.get(f"/l/{handle}/patient").get_data(as_text=True)
+    assert f'href="/l/{handle}/workspace/nominate">Nominate a parent' in patient_view
     page = clinician.get(f"/l/{handle}/workspace/nominate").get_data(as_text=True)
     assert "Lucia Demo Garcia-Demo, mother" in page
     sent = clinician.post(

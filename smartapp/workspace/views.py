@@ -101,6 +101,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     _add_local_program(app, settings)
     app.register_blueprint(bp)
 
+    @app.context_processor
+    def _nominations() -> dict[str, bool]:
+        # The patient view links to the nomination form when the program workspace is on.
+        return {"workspace_nominations": True}
+
 
 def _add_local_program(app: Flask, settings: Settings) -> None:
     """The program the workspace serves, as a local program of the directory, so clinicians can

@@ -9,6 +9,7 @@ and reads only rows of that launch's EHR (iss). CSRF covers every form (`smartap
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import date
 from pathlib import Path
@@ -30,7 +31,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from config import Settings
 from fhir_mappings.chart import read_chart
-from fhir_mappings.code_maps import language_name
+from fhir_mappings.code_maps import CodeMap, language_name
 from fhir_mappings.directory import load_directory_file
 from fhir_mappings.domain import ICD10CM, SNOMED, Coding
 from fhir_mappings.fhir_client import FhirError
@@ -100,6 +101,12 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     _add_local_program(app, settings)
     app.register_blueprint(bp)
+    if not app.testing:
+        # Mentor ranking (and the patient view) need the code maps, which take seconds to build:
+        # build them now, in the background, not in the first person's request.
+        threading.Thread(
+            target=CodeMap.load_default, name="peerbridge-code-maps", daemon=True
+        ).start()
 
     @app.context_processor
     def _nominations() -> dict[str, bool]:

@@ -44,7 +44,7 @@ SCOPE = (
 )
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ACTION = re.compile(r'name="action_id" value="([^"]+)"')
-# (kind, method, count, delay), one every 3 s: each hits the next `count` matching requests.
+# (kind, method, count, delay): each hits the next `count` matching requests while it is set.
 FAULTS = [
     ("500", "POST", 1, 0.0),
     ("timeout", "GET", 1, 2.5),
@@ -71,7 +71,7 @@ class Run:
                 },
                 "smart": {"iss_allowlist": [f"{base}/fhir"]},
                 "fhir": {"timeout_seconds": 2},
-                "referrals": {"retry_base_seconds": 0.2, "max_attempts": 30},
+                "referrals": {"retry_base_seconds": 0.1, "max_attempts": 30},
                 "workspace": {
                     "enabled": True,
                     "lead": "Practitioner/program-lead-1",
@@ -140,7 +140,7 @@ def make_referral(fhir: FhirClient, patient: str) -> str:
     return str(task.id)
 
 
-def press(client: Any, url: str, page_url: str, extra: dict[str, str], budget: float = 90) -> bool:
+def press(client: Any, url: str, page_url: str, extra: dict[str, str], budget: float = 120) -> bool:
     """Load the page, then submit its form; on an error page, press again with the same form
     (a failed page load gets a fresh one). True once the app accepted the step."""
     form: dict[str, str] | None = None
@@ -210,6 +210,8 @@ def main() -> int:
                         print("drain:", type(exc).__name__, file=sys.stderr)
 
         def inject() -> None:
+            # Outages come and go: a fault for 2 s, then 3 s without, so a retry can get through
+            # (a fault left pending would hit every send, the outbox's only POSTs).
             n = 0
             while not args.no_faults and not stop.wait(3.0):
                 kind, method, count, delay = FAULTS[n % len(FAULTS)]
@@ -224,6 +226,9 @@ def main() -> int:
                 try:
                     run.admin("POST", "faults", json=body)
                     faults[f"{kind} {method}"] += 1
+                    if stop.wait(2.0):
+                        break
+                    run.admin("DELETE", "faults")
                 except requests.RequestException:
                     pass
 

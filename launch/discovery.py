@@ -1,5 +1,9 @@
 """SMART discovery: `{iss}/.well-known/smart-configuration` (the only source of endpoints),
-the OpenID configuration and JWKS of the id_token issuer; each cached per URL with a TTL."""
+the OpenID configuration and JWKS of the id_token issuer; each cached per URL with a TTL.
+
+Fetched through the guarded HTTP layer (same-origin redirects only, total deadline, size cap);
+every endpoint a document names must be an https URL (http only on loopback), so a hostile
+document cannot send the browser to `javascript:` or PeerBridge to `data:`."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from urllib.parse import urljoin
 import requests
 
 from launch.errors import AuthorizationServerError, LaunchError
+from launch.guarded_http import GuardedHttp, GuardedHttpError, UrlRefused, check_url
 
 SMART_PATH = ".well-known/smart-configuration"
 OPENID_PATH = ".well-known/openid-configuration"
@@ -58,7 +63,19 @@ class SmartConfiguration:
                     )
                 return ""
             # Relative URLs are resolved against the document's own URL.
-            return urljoin(url, value)
+            resolved = urljoin(url, value)
+            try:
+                check_url(resolved)
+            except UrlRefused as exc:
+                raise LaunchError(
+                    "The EHR's SMART configuration names an endpoint PeerBridge will not use, "
+                    "so PeerBridge cannot sign in. Please tell your IT team.",
+                    f"smart-configuration of {iss}: {name} refused ({exc})",
+                    status=502,
+                    relaunch=False,
+                    kind="bad_discovery",
+                ) from exc
+            return resolved
 
         def strings(name: str) -> frozenset[str]:
             value = doc.get(name) or []
@@ -82,13 +99,13 @@ class Discovery:
 
     def __init__(
         self,
-        http: requests.Session,
+        http: GuardedHttp | requests.Session,
         *,
         ttl_seconds: float,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._http = http
+        self._http = http if isinstance(http, GuardedHttp) else GuardedHttp(http)
         self._ttl = ttl_seconds
         self._timeout = timeout
         self._clock = clock
@@ -104,6 +121,10 @@ class Discovery:
         doc = dict(self.document(url))
         if isinstance(doc.get("jwks_uri"), str):
             doc["jwks_uri"] = urljoin(url, doc["jwks_uri"])
+            try:
+                check_url(doc["jwks_uri"])
+            except UrlRefused:
+                doc["jwks_uri"] = ""  # the id_token check then refuses: no usable jwks_uri
         return doc
 
     def jwks(self, url: str, *, fresh: bool = False) -> dict[str, Any]:
@@ -129,20 +150,14 @@ class Discovery:
 
     def _fetch(self, url: str) -> dict[str, Any]:
         try:
-            response = self._http.get(
-                url, headers={"Accept": "application/json"}, timeout=self._timeout
-            )
-        except requests.RequestException as exc:
+            response, body = self._http.get_json(url, follow_redirects=True, timeout=self._timeout)
+        except GuardedHttpError as exc:
             raise AuthorizationServerError(
                 "PeerBridge could not reach the EHR's sign-in service. Please try again in a "
                 "moment; if it keeps failing, tell your IT team.",
-                f"discovery GET {url} failed: {type(exc).__name__}",
+                f"discovery GET {url} failed: {type(exc).__name__} ({exc})",
             ) from exc
-        try:
-            body = response.json() if response.ok else None
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
+        if not response.ok or not isinstance(body, dict):
             raise AuthorizationServerError(
                 "The EHR's sign-in service answered unexpectedly. Please tell your IT team.",
                 f"discovery GET {url} answered {response.status_code} without a JSON object",

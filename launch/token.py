@@ -10,6 +10,7 @@ import requests
 
 from launch.client_auth import ClientAuthenticator
 from launch.errors import AuthorizationServerError
+from launch.guarded_http import BadJson, GuardedHttp, GuardedHttpError
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,13 @@ class TokenClient:
     """Talks to one authorization server's token endpoint for this client."""
 
     def __init__(
-        self, http: requests.Session, auth: ClientAuthenticator, *, timeout: float = 10.0
+        self,
+        http: GuardedHttp | requests.Session,
+        auth: ClientAuthenticator,
+        *,
+        timeout: float = 10.0,
     ) -> None:
-        self._http = http
+        self._http = http if isinstance(http, GuardedHttp) else GuardedHttp(http)
         self._auth = auth
         self._timeout = timeout
 
@@ -104,16 +109,20 @@ class TokenClient:
         body, headers = self._auth.apply(form, endpoint)
         headers["Accept"] = "application/json"
         try:
-            response = self._http.post(endpoint, data=body, headers=headers, timeout=self._timeout)
-        except requests.RequestException as exc:
+            # The code, verifier, refresh token and client credentials go to this endpoint
+            # only: no redirect is followed, and the whole exchange has one deadline.
+            response = self._http.request(
+                "POST", endpoint, data=body, headers=headers, base=endpoint, timeout=self._timeout
+            )
+        except GuardedHttpError as exc:
             raise AuthorizationServerError(
                 "PeerBridge could not reach the EHR's sign-in service. Please relaunch PeerBridge "
                 "from the EHR in a moment; if it keeps failing, tell your IT team.",
-                f"token endpoint ({grant}) unreachable: {type(exc).__name__}",
+                f"token endpoint ({grant}) unusable: {type(exc).__name__} ({exc})",
             ) from exc
         try:
             answer = response.json()
-        except ValueError:
+        except BadJson:
             answer = None
         if response.ok and isinstance(answer, dict):
             return answer

@@ -1,7 +1,9 @@
 """The EHR's SMART style (`smart_style_url`) as safe CSS custom properties.
 
-Fetched server-side with a short timeout and cached per URL (a style is not PHI); every value is
-checked against a strict pattern, so a hostile style JSON cannot inject CSS.
+Fetched server-side through the guarded HTTP layer, only from the EHR's own origin (the launch's
+`iss`), without redirects, within a short total deadline and size cap, and cached per URL (a
+style is not PHI); every value is checked against a strict pattern, so a hostile style JSON cannot
+inject CSS.
 """
 
 from __future__ import annotations
@@ -9,9 +11,8 @@ from __future__ import annotations
 import re
 import threading
 import time
-from urllib.parse import urlsplit
 
-import requests
+from launch.guarded_http import GuardedHttp, GuardedHttpError, UrlRefused, origin
 
 # SMART App Launch 2.2 §Styling: the style keys PeerBridge understands, and its CSS variables.
 STYLE_VARIABLES: dict[str, str] = {
@@ -35,6 +36,8 @@ _DIM = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3})?(px|em|rem|%)?")
 _FONT = re.compile(r"[A-Za-z0-9 ,\-'\"]{1,120}")
 
 TIMEOUT_S = 2.0
+MAX_BYTES = 64 * 1024
+_http = GuardedHttp(timeout=TIMEOUT_S, max_bytes=MAX_BYTES)
 TTL_S = 3600.0
 _cache: dict[str, tuple[float, str]] = {}
 _lock = threading.Lock()
@@ -73,10 +76,14 @@ def style_css(style: object) -> str:
     return ":root { " + " ".join(declarations) + " }" if declarations else ""
 
 
-def fetch_style_css(url: str, *, session: requests.Session | None = None) -> str:
-    """CSS for a style URL, fetched once per hour; "" when the URL is unusable or the EHR fails
-    (the page then keeps PeerBridge's own colours)."""
-    if not url or urlsplit(url).scheme not in ("http", "https"):
+def fetch_style_css(url: str, ehr_base: str, *, http: GuardedHttp | None = None) -> str:
+    """CSS for a style URL on the EHR's origin (that of `ehr_base`, the launch's iss), fetched
+    once per hour; "" when the URL is elsewhere or unusable or the EHR fails (the page then
+    keeps PeerBridge's own colours)."""
+    try:
+        if not url or origin(url) != origin(ehr_base):
+            return ""
+    except UrlRefused:
         return ""
     now = time.monotonic()
     with _lock:
@@ -85,10 +92,10 @@ def fetch_style_css(url: str, *, session: requests.Session | None = None) -> str
         return cached[1]
     css = ""
     try:
-        response = (session or requests).get(url, timeout=TIMEOUT_S)
+        response, body = (http or _http).get_json(url)  # no redirects
         if response.ok:
-            css = style_css(response.json())
-    except (requests.RequestException, ValueError):
+            css = style_css(body)
+    except GuardedHttpError:
         css = ""
     with _lock:
         # A failure is cached briefly, so a down style endpoint does not slow every page.

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from config.settings import CdsClient
+from launch.guarded_http import GuardedHttp, GuardedHttpError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ JWKS_TTL_SECONDS = 3600
 # An unknown kid may mean the EHR rotated keys: refetch, but not more than this often.
 JWKS_REFETCH_SECONDS = 30
 JWKS_TIMEOUT_SECONDS = 2.0
+JWKS_MAX_BYTES = 256 * 1024
 
 metadata = MetaData()
 seen_jti_table = Table(
@@ -91,12 +93,17 @@ class JwksCache:
 
     def __init__(
         self,
-        session: requests.Session | None = None,
+        session: GuardedHttp | requests.Session | None = None,
         *,
         ttl: float = JWKS_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.http = session or requests.Session()
+        # Same-origin redirects only, a total deadline and a size cap (launch.guarded_http).
+        self.http = (
+            session
+            if isinstance(session, GuardedHttp)
+            else GuardedHttp(session, timeout=JWKS_TIMEOUT_SECONDS, max_bytes=JWKS_MAX_BYTES)
+        )
         self.ttl = ttl
         self.clock = clock
         self._keys: dict[str, tuple[float, KeySet, set[str]]] = {}
@@ -122,16 +129,18 @@ class JwksCache:
 
     def _fetch(self, url: str) -> tuple[KeySet, set[str]]:
         try:
-            response = self.http.get(url, timeout=JWKS_TIMEOUT_SECONDS)
-            response.raise_for_status()
-            data = response.json()
+            response, data = self.http.get_json(
+                url, follow_redirects=True, timeout=JWKS_TIMEOUT_SECONDS
+            )
+            if not response.ok or not isinstance(data, dict):
+                raise ValueError(f"answered {response.status_code} without a JSON object")
             keys = [
                 k
                 for k in data.get("keys", [])
                 if isinstance(k, dict) and k.get("kty") in ("RSA", "EC")  # never symmetric keys
             ]
             key_set = KeySet.import_key_set({"keys": keys})
-        except (requests.RequestException, ValueError, AttributeError, JoseError) as exc:
+        except (GuardedHttpError, ValueError, AttributeError, JoseError) as exc:
             raise CdsAuthError(f"cannot load the JWKS from {url}: {type(exc).__name__}") from exc
         return key_set, {str(k.get("kid", "")) for k in keys}
 

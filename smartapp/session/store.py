@@ -200,11 +200,8 @@ class LaunchStore:
     ) -> None:
         self.settings = settings
         self.kv = kv
-        self.http = http or requests.Session()
         self.guarded = GuardedHttp(
-            None if http is None else http,
-            timeout=settings.fhir.timeout_seconds,
-            max_bytes=settings.fhir.max_response_bytes,
+            http, timeout=settings.fhir.timeout_seconds, max_bytes=settings.fhir.max_response_bytes
         )
         smart = settings.smart
         timeout = settings.fhir.timeout_seconds
@@ -217,10 +214,11 @@ class LaunchStore:
         self.auth = ClientAuthenticator(
             smart.client_id, smart.client_auth, secret, tuple(self.signing_keys)
         )
+        # Discovery, token, JWKS and FHIR calls all go through the one guarded layer.
         self.discovery = Discovery(
-            self.http, ttl_seconds=smart.discovery_ttl_seconds, timeout=timeout
+            self.guarded, ttl_seconds=smart.discovery_ttl_seconds, timeout=timeout
         )
-        self.tokens = TokenClient(self.http, self.auth, timeout=timeout)
+        self.tokens = TokenClient(self.guarded, self.auth, timeout=timeout)
         # Downloaded once per iss and TTL, not on every referral write.
         self.capabilities = CapabilityCache(smart.discovery_ttl_seconds)
         # Scope length above which the authorize request is POSTed (when the server allows).

@@ -39,7 +39,8 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Every page of a launch (referrals and worklist too) wears the EHR's style when given.
         ctx = g.get("launch_context")
         url = getattr(ctx, "smart_style_url", "") if ctx is not None else ""
-        return {"smart_style_css": fetch_style_css(url) if url else ""}
+        css = fetch_style_css(url, ctx.iss) if url and ctx is not None else ""
+        return {"smart_style_css": css}
 
 
 # Plain English words for the directory's vocabularies, shared by the patient pages.

@@ -176,13 +176,14 @@ def start_prefix_pair(attempts: int = 50) -> tuple[ScriptedServer, ScriptedServe
             long_port = short * 10 + digit
             if long_port > 65535:
                 break
+            # werkzeug exits (SystemExit) rather than raise when a port is taken.
             try:
                 first = start_server(short)
-            except OSError:
+            except (OSError, SystemExit):
                 break
             try:
                 return first, start_server(long_port)
-            except OSError:
+            except (OSError, SystemExit):
                 first.close()
     raise RuntimeError("no pair of free loopback ports with a common prefix")
 

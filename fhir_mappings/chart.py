@@ -346,9 +346,13 @@ def read_chart(
         ResourceProblem("Condition", str(r.get("id", "")), "belongs to another patient")
         for r in foreign
     )
-    # A server that ignores the `patient` parameter must not offer another family as contacts.
+    # A server that ignores the `patient` parameter must not offer another family as contacts;
+    # a RelatedPerson naming no patient is not this family's either.
     related_own, _ = _split_by_subject(
-        [r for r in related_raw if isinstance(r, Mapping)], patient_id, "patient"
+        [r for r in related_raw if isinstance(r, Mapping)],
+        patient_id,
+        "patient",
+        required=True,
     )
     related = tuple(f for f in map(related_person_facts, related_own) if f is not None)
     return Chart(patient, tuple(conditions), tuple(problems), related)
@@ -396,14 +400,21 @@ def resources_in(document: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _split_by_subject(
-    resources: list[dict[str, Any]], patient_id: str, element: str = "subject"
+    resources: list[dict[str, Any]],
+    patient_id: str,
+    element: str = "subject",
+    *,
+    required: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A server that ignores the `patient` parameter must not put another chart's problems here."""
+    """A server that ignores the `patient` parameter must not put another chart's problems here.
+    `required`: a resource that names no patient at all is foreign too."""
     own, foreign = [], []
     for resource in resources:
         subject = resource.get(element) if isinstance(resource, Mapping) else None
         reference = subject.get("reference") if isinstance(subject, Mapping) else None
-        if isinstance(reference, str) and reference.split("/_history")[0].rsplit("/", 2)[-2:] != [
+        if required and not isinstance(reference, str):
+            foreign.append(resource)
+        elif isinstance(reference, str) and reference.split("/_history")[0].rsplit("/", 2)[-2:] != [
             "Patient",
             patient_id,
         ]:

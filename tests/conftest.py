@@ -143,6 +143,17 @@ def fhir_server(request: pytest.FixtureRequest) -> Iterator[FhirServer]:
     server.clear_faults()
 
 
+@pytest.fixture(scope="session")
+def second_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A second dev EHR on another port: a second allowlisted EHR (tenant) for isolation tests."""
+    tmp = tmp_path_factory.mktemp("ehr2")
+    box = _start_sandbox(tmp)
+    yield box
+    box.process.terminate()
+    box.process.wait(timeout=10)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def app_settings(sandbox: Sandbox, tmp_path: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for a PeerBridge instance wired to the sandbox; sections override per test."""
     overrides: dict[str, dict[str, Any]] = {

@@ -109,7 +109,7 @@ def make_service(tmp_path: Path, clock: Clock, **settings: Any) -> ReferralServi
 
 ACTOR = Actor(
     handle="h1",
-    iss="",
+    iss="https://ehr.example.org/fhir",
     fhir_user=SUBSPECIALIST,
     patient_id=PATIENT,
     writable=frozenset({"ServiceRequest", "Task", "Provenance", "Consent", "Device"}),
@@ -253,7 +253,12 @@ def test_a_401_that_refresh_cannot_fix_waits_for_a_relaunch_and_is_then_sent(
     assert service.outbox.drain(lambda handle: stale) == 0  # kept, not retried blindly
 
     fresh = make_client(sandbox)
-    assert service.outbox.resume(iss="", fhir_user=SUBSPECIALIST, handle="h2") == 1
+    assert (
+        service.outbox.resume(
+            iss=ACTOR.iss, fhir_user=SUBSPECIALIST, patient_id=PATIENT, handle="h2"
+        )
+        == 1
+    )
     service.outbox.drain(lambda handle: fresh if handle == "h2" else None)
     assert service.track(fresh, identifier).state == "confirmed"
     assert_exactly_one(fresh, identifier)

@@ -92,16 +92,19 @@ def a_program(app: Flask) -> Program:
     return sorted(_programs(app), key=lambda p: p.id)[0]
 
 
-def propose_via_form(app: Flask, web: FlaskClient, handle: str) -> tuple[str, dict[str, str]]:
+def propose_via_form(
+    app: Flask, web: FlaskClient, handle: str, patient: str = PATIENT
+) -> tuple[str, dict[str, str]]:
     program = a_program(app)
+    condition = f"{patient}-c1"  # a reason must be a Condition of the launch's own chart
     page = web.get(
-        f"/l/{handle}/referrals/new?program={program.id}&condition=peds-chd-hlhs-c1"
+        f"/l/{handle}/referrals/new?program={program.id}&condition={condition}"
     ).get_data(as_text=True)
     form = {
         "csrf_token": csrf_of(page),
         "identifier": hidden(page, "identifier"),
         "program": program.id,
-        "conditions": "peds-chd-hlhs-c1",
+        "conditions": condition,
         "priority": "routine",
         "note": "Parents asked for other families",
     }
@@ -293,7 +296,7 @@ def test_a_user_level_worklist_spans_every_patient_with_peerbridge_referrals(
     for patient in ("peds-autism", "adult-dementia"):
         web = app.test_client()
         handle = launch(app, sandbox, web, patient=patient)
-        _, form = propose_via_form(app, web, handle)
+        _, form = propose_via_form(app, web, handle, patient)
         web.post(f"/l/{handle}/referrals", data=form)
         identifiers.append(form["identifier"])
 
@@ -310,11 +313,11 @@ def test_a_patient_worklist_without_user_scope_shows_only_that_patient(
 ) -> None:
     web = app.test_client()
     handle = launch(app, sandbox, web, patient="peds-cf")
-    _, mine = propose_via_form(app, web, handle)
+    _, mine = propose_via_form(app, web, handle, "peds-cf")
     web.post(f"/l/{handle}/referrals", data=mine)
     other = app.test_client()
     other_handle = launch(app, sandbox, other, patient="peds-down")
-    _, theirs = propose_via_form(app, other, other_handle)
+    _, theirs = propose_via_form(app, other, other_handle, "peds-down")
     other.post(f"/l/{other_handle}/referrals", data=theirs)
     page = web.get(f"/l/{handle}/worklist").get_data(as_text=True)
     assert mine["identifier"] in page and theirs["identifier"] not in page

@@ -300,16 +300,21 @@ class Outbox:
         if entry is not None and entry.status == PENDING:
             self._finish(entry, FAILED, entry.attempts, message)
 
-    def resume(self, *, iss: str, fhir_user: str, handle: str) -> int:
+    def resume(self, *, iss: str, fhir_user: str, patient_id: str, handle: str) -> int:
         """A user launched again: their rows waiting for a fresh token go back in the queue.
 
-        Only for a new launch (another handle): the old one's token is known to be refused."""
+        Only a new launch (another handle) of the same EHR, patient and user: the old token is
+        known to be refused, and another patient's launch could not write this referral. A
+        launch without a user or a patient resumes nothing (empty never matches everyone)."""
+        if not (iss and fhir_user and patient_id and handle):
+            return 0
         statement = (
             update(outbox_table)
             .where(
                 outbox_table.c.status == WAITING_AUTH,
                 outbox_table.c.iss == iss,
                 outbox_table.c.fhir_user == fhir_user,
+                outbox_table.c.patient_id == patient_id,
                 outbox_table.c.handle != handle,
             )
             .values(

@@ -21,6 +21,9 @@ SDOHCC lets the requester set when the referral stops.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +60,11 @@ class ReferralError(Exception):
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acts, from the launch; the handle lets the outbox retry under the same launch."""
+    """Who acts, from the launch; the handle lets the outbox retry under the same launch.
+
+    The tenant is the EHR (`iss`): a launch reaches only referrals of its own EHR and its own
+    patient, or of every patient of its EHR when the EHR granted user-level ServiceRequest
+    access (`all_patients`, a social worker's worklist)."""
 
     handle: str
     iss: str
@@ -69,6 +76,14 @@ class Actor:
     @property
     def encounter(self) -> str:
         return f"Encounter/{self.encounter_id}" if self.encounter_id else ""
+
+    all_patients: bool = False
+
+    def owns(self, iss: str, patient_id: str) -> bool:
+        """Whether a referral of this EHR and patient belongs to this launch."""
+        if iss != self.iss or not patient_id:
+            return False
+        return self.all_patients or patient_id == self.patient_id
 
     @property
     def requester(self) -> str:
@@ -137,10 +152,13 @@ class ReferralService:
         settings: ReferralSettings,
         *,
         clock: Callable[[], datetime] = _utc_now,
+        mint_key: bytes | None = None,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
         self.clock = clock
+        # Several instances must agree on it: the app derives it from the secret key.
+        self._mint_key = mint_key or secrets.token_bytes(32)
 
     @property
     def system(self) -> str:
@@ -150,6 +168,25 @@ class ReferralService:
     def new_identifier() -> str:
         """Minted when a form is rendered, so a double-clicked submit carries the same one."""
         return str(uuid.uuid4())
+
+    def mint_identifier(self, handle: str) -> str:
+        """A form's identifier, minted for one launch: a UUID whose second half is a MAC of its
+        first half and the launch handle, so a submit can prove it was minted for this launch
+        (no server-side list to keep) and a form carrying another launch's identifier fails."""
+        half = uuid.UUID(bytes=secrets.token_bytes(8) + bytes(8), version=4).bytes[:8]
+        return self._seal(handle, half)
+
+    def minted_for(self, handle: str, value: str) -> bool:
+        """Whether `value` was minted by `mint_identifier` for this launch."""
+        try:
+            half = uuid.UUID(value).bytes[:8]
+        except (ValueError, TypeError, AttributeError):
+            return False
+        return bool(handle) and hmac.compare_digest(self._seal(handle, half), str(uuid.UUID(value)))
+
+    def _seal(self, handle: str, half: bytes) -> str:
+        mac = hmac.new(self._mint_key, handle.encode() + b"|" + half, hashlib.sha256).digest()
+        return str(uuid.UUID(bytes=half + mac[:8], version=4))
 
     def _due(self, now: datetime) -> date:
         return now.date() + timedelta(days=self.settings.followup_days)
@@ -171,7 +208,10 @@ class ReferralService:
         """Store the referral in the outbox, then try to write it now."""
         _check_identifier(identifier)
         key = f"{identifier}:create"
-        if self.outbox.get(key) is None:
+        existing = self.outbox.get(key)
+        if existing is not None and not actor.owns(existing.iss, existing.patient_id):
+            raise ReferralError("The form was incomplete; reload the page and try again.")
+        if existing is None:
             now = self.clock()
             referral = Referral(
                 identifier=identifier,
@@ -206,9 +246,9 @@ class ReferralService:
             refusal = _write_refusal(client)
             if refusal:
                 self.outbox.fail(key, refusal)
-                return self.track(None, identifier)
-        self.outbox.send(key, client)
-        return self.track(client, identifier)
+                return self.track(None, identifier, actor)
+        self._send(actor, key, client)
+        return self.track(client, identifier, actor)
 
     def _enqueue(
         self,
@@ -219,8 +259,11 @@ class ReferralService:
         bundle: dict[str, object],
         program_name: str,
         status: str,
+        *,
+        patient_id: str = "",
         **summary: str,
     ) -> OutboxEntry:
+        """Store a write; the row belongs to the actor's EHR and to the referral's patient."""
         entry, _ = self.outbox.enqueue(
             key=key,
             identifier=identifier,
@@ -229,10 +272,30 @@ class ReferralService:
             handle=actor.handle,
             iss=actor.iss,
             fhir_user=actor.fhir_user,
-            patient_id=actor.patient_id,
+            patient_id=patient_id or actor.patient_id,
             summary={"program": program_name, "status": status, **summary},
         )
         return entry
+
+    def _send(self, actor: Actor, key: str, client: FhirClient | None) -> OutboxEntry | None:
+        """Try a row now, but only under the launch it belongs to: a row is never sent with
+        another launch's token (nor to another EHR); the retry worker uses its own launch."""
+        entry = self.outbox.get(key)
+        if entry is None or not actor.owns(entry.iss, entry.patient_id):
+            return None
+        if entry.handle != actor.handle:
+            return entry
+        return self.outbox.send(key, client)
+
+    def send_due(self, client: FhirClient, actor: Actor, identifier: str) -> None:
+        """Retry this launch's due rows of a referral (the confirmation page polls this)."""
+        for entry in self.outbox.for_identifier(identifier):
+            if (
+                entry.status == PENDING
+                and entry.handle == actor.handle
+                and actor.owns(entry.iss, entry.patient_id)
+            ):
+                self.outbox.send(entry.key, client, force=False)  # respects the backoff
 
     # -- completing a draft --------------------------------------------------------------------
 
@@ -240,8 +303,9 @@ class ReferralService:
         self, client: FhirClient, actor: Actor, identifier: str, completion: Completion
     ) -> Tracking:
         key = f"{identifier}:complete"
+        self._check_own_row(actor, key)
         if self.outbox.get(key) is None:
-            sr, task = self._current(client, identifier, key)
+            sr, task = self._current(client, actor, identifier, key)
             if sr.get("status") != "draft":
                 raise ReferralError("This referral is no longer a draft; nothing to complete.")
             now = self.clock()
@@ -270,10 +334,19 @@ class ReferralService:
                 consent=consent,
                 consent_query=consent_query or "",
             )
-            program = referral_view(sr, task, self.system).program_name
-            self._enqueue(actor, key, identifier, "complete", bundle, program, "active")
-        self.outbox.send(key, client)
-        return self.track(client, identifier)
+            view = referral_view(sr, task, self.system)
+            self._enqueue(
+                actor,
+                key,
+                identifier,
+                "complete",
+                bundle,
+                view.program_name,
+                "active",
+                patient_id=view.patient_id,
+            )
+        self._send(actor, key, client)
+        return self.track(client, identifier, actor)
 
     # -- follow-up outcomes --------------------------------------------------------------------
 
@@ -295,9 +368,10 @@ class ReferralService:
             raise ReferralError("Choose one of the listed outcomes.")
         _check_identifier(action_id)
         key = f"{identifier}:outcome:{action_id}"
+        self._check_own_row(actor, key)
         existing = self.outbox.get(key)
         if existing is None:
-            sr, task = self._current(client, identifier, key)
+            sr, task = self._current(client, actor, identifier, key)
             view = referral_view(sr, task, self.system)
             if not view.is_open:
                 raise ReferralError("This referral is closed or still a draft; no outcome to add.")
@@ -342,6 +416,7 @@ class ReferralService:
                     bundle,
                     new_program.name,
                     "active",
+                    patient_id=view.patient_id,
                     replaces=identifier,
                     program_id=new_program.id,
                 )
@@ -361,15 +436,23 @@ class ReferralService:
                     bundle,
                     view.program_name,
                     OUTCOME_STATES[outcome][1],
+                    patient_id=view.patient_id,
                     outcome=outcome,
                 )
-        entry = self.outbox.send(key, client)
-        return self.track(client, entry.identifier)
+        entry = self._send(actor, key, client)
+        if entry is None:  # pragma: no cover - _check_own_row and _enqueue made it ours
+            raise ReferralError("PeerBridge knows no referral with this id.")
+        return self.track(client, entry.identifier, actor)
+
+    def _check_own_row(self, actor: Actor, key: str) -> None:
+        existing = self.outbox.get(key)
+        if existing is not None and not actor.owns(existing.iss, existing.patient_id):
+            raise ReferralError("PeerBridge knows no referral with this id.")
 
     def _current(
-        self, client: FhirClient, identifier: str, key: str
+        self, client: FhirClient, actor: Actor, identifier: str, key: str
     ) -> tuple[dict[str, object], dict[str, object]]:
-        tracking = self.track(None, identifier)
+        tracking = self.track(None, identifier, actor)
         if any(e.is_pending and e.key != key for e in tracking.entries):
             raise ReferralError(
                 "An earlier change to this referral is still being sent to the EHR; "
@@ -383,13 +466,20 @@ class ReferralService:
             ) from exc
         if found is None or found[1] is None:
             raise ReferralError("The EHR does not hold this referral (or its Task) yet.")
+        if not actor.owns(actor.iss, referral_view(found[0], found[1], self.system).patient_id):
+            raise ReferralError("PeerBridge knows no referral with this id.")
         return found[0], found[1]
 
     # -- reading -------------------------------------------------------------------------------
 
-    def track(self, client: FhirClient | None, identifier: str) -> Tracking:
-        """The referral's state: local outbox rows first; the EHR's copy when a client is given."""
-        entries = tuple(self.outbox.for_identifier(identifier))
+    def track(
+        self, client: FhirClient | None, identifier: str, actor: Actor | None = None
+    ) -> Tracking:
+        """The referral's state: local outbox rows first; the EHR's copy when a client is given.
+
+        With an `actor`, only what belongs to its launch counts (its EHR, its patient): anything
+        else is "unknown", which pages show as not found. Only tools and tests pass no actor."""
+        entries = tuple(self._rows(identifier, actor))
         view = None
         message = ""
         if client is not None:
@@ -400,7 +490,13 @@ class ReferralService:
                 message = f"PeerBridge could not read the referral from the EHR just now ({exc})."
             if found is not None:
                 view = referral_view(found[0], found[1], self.system)
+                if actor is not None and not actor.owns(actor.iss, view.patient_id):
+                    view, message = None, ""
         return Tracking(identifier, _state_of(entries, view), view, entries, message)
+
+    def _rows(self, identifier: str, actor: Actor | None) -> list[OutboxEntry]:
+        rows = self.outbox.for_identifier(identifier)
+        return [e for e in rows if actor is None or actor.owns(e.iss, e.patient_id)]
 
     def worklist(self, client: FhirClient, actor: Actor, *, all_patients: bool = False) -> Worklist:
         """Drafts to complete and follow-ups due, read from the EHR (the source of truth), plus
@@ -414,11 +510,13 @@ class ReferralService:
             pairs = []
             problems.append(f"PeerBridge could not read referrals from the EHR ({exc}).")
         views = [referral_view(sr, task, self.system) for sr, task in pairs]
+        # The EHR answers for its own data; a view of a patient outside the grant is dropped.
+        views = [v for v in views if actor.owns(actor.iss, v.patient_id)]
         names = patient_names(client, [v.patient_id for v in views]) if all_patients else {}
         seen = {v.identifier for v in views}
         drafts, due, upcoming, closed = [], [], [], []
         for view in sorted(views, key=lambda v: (v.due or date.max, v.identifier)):
-            entries = tuple(self.outbox.for_identifier(view.identifier))
+            entries = tuple(self._rows(view.identifier, actor))
             item = WorkItem(
                 Tracking(view.identifier, _state_of(entries, view), view, entries),
                 names.get(view.patient_id, ""),
@@ -437,8 +535,10 @@ class ReferralService:
         for entry in self.outbox.unconfirmed(iss=actor.iss, patient_id=patient):
             if entry.identifier in seen or entry.action not in ("create", "new-match"):
                 continue
+            if not actor.owns(entry.iss, entry.patient_id):
+                continue
             seen.add(entry.identifier)
-            entries = tuple(self.outbox.for_identifier(entry.identifier))
+            entries = tuple(self._rows(entry.identifier, actor))
             pending.append(
                 WorkItem(Tracking(entry.identifier, _state_of(entries, None), None, entries))
             )

@@ -7,6 +7,7 @@ Thin: forms in `referral_forms`, the workflow in `referral_service`, FHIR in `fh
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, time
 
@@ -48,7 +49,9 @@ def init_app(app: Flask, settings: Settings) -> None:
         max_attempts=settings.referrals.max_attempts,
         retry_base_seconds=settings.referrals.retry_base_seconds,
     )
-    app.extensions[SERVICE] = ReferralService(outbox, settings.referrals)
+    app.extensions[SERVICE] = ReferralService(
+        outbox, settings.referrals, mint_key=mint_key(settings.secret_key())
+    )
 
     def drain_once() -> int:
         with app.app_context():
@@ -65,6 +68,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bp)
 
 
+def mint_key(secret_key: str) -> bytes:
+    """The key of launch-bound form identifiers, derived from (never equal to) the secret key."""
+    return hashlib.sha256(b"peerbridge-referral-identifiers|" + secret_key.encode()).digest()
+
+
 def referral_service() -> ReferralService:
     service: ReferralService = current_app.extensions[SERVICE]
     return service
@@ -79,16 +87,31 @@ def current_actor() -> Actor:
         patient_id=launch.patient_id,
         writable=frozenset(t for t in WRITTEN_TYPES if launch.can_write(t)),
         encounter_id=launch.encounter_id,
+        all_patients=user_level(launch.scopes),
     )
+
+
+def user_level(scopes: frozenset[str]) -> bool:
+    """A user/ scope on ServiceRequest reaches every patient of the EHR, not just this one."""
+    return any(s.startswith(("user/ServiceRequest.", "user/*.")) for s in scopes)
 
 
 @bp.before_request
 def _resume_waiting() -> None:
-    # A relaunch by the same user picks up referrals that waited for a fresh token.
+    # A relaunch by the same user for the same patient of the same EHR picks up referrals that
+    # waited for a fresh token.
     launch = current_launch()
     referral_service().outbox.resume(
-        iss=launch.iss, fhir_user=launch.fhir_user, handle=launch.handle
+        iss=launch.iss,
+        fhir_user=launch.fhir_user,
+        patient_id=launch.patient_id,
+        handle=launch.handle,
     )
+
+
+def _not_found() -> Response:
+    # The same answer for "no such referral" and "not this launch's": nothing to probe.
+    return _message("Referral not found", "PeerBridge knows no referral with this id.", 404)
 
 
 def _cannot_write(*, update: bool = False) -> Response | None:
@@ -152,7 +175,9 @@ def new() -> Response | str:
     conditions = chart.conditions if chart else ()
     wanted = request.args.getlist("condition")
     form = ProposeForm(
-        identifier=ReferralService.new_identifier(), program=program.id, conditions=wanted
+        identifier=referral_service().mint_identifier(launch.handle),
+        program=program.id,
+        conditions=wanted,
     )
     form.conditions.choices = [(c.id, c.label) for c in conditions]
     return render_template("referral_new.html", form=form, program=program)
@@ -172,13 +197,26 @@ def create() -> BaseResponse | str:
         return Response(
             render_template("referral_new.html", form=form, program=program), status=400
         )
+    service = referral_service()
+    launch = current_launch()
+    if not service.minted_for(launch.handle, form.identifier.data or ""):
+        return _message(
+            "The referral could not be saved",
+            "This form does not belong to this PeerBridge session; open the program again "
+            "from the patient page and propose the referral from there.",
+            400,
+        )
+    condition_ids = tuple(form.conditions.data or ())
+    refused_conditions = _foreign_conditions(fhir_client(), launch.patient_id, condition_ids)
+    if refused_conditions is not None:
+        return refused_conditions
     try:
-        tracking = referral_service().propose(
+        tracking = service.propose(
             fhir_client(),
             current_actor(),
             identifier=form.identifier.data,
             program=program,
-            condition_ids=tuple(form.conditions.data or ()),
+            condition_ids=condition_ids,
             note=form.note.data or "",
             patient_instruction=form.patient_instruction.data or "",
             priority="urgent" if form.priority.data == "urgent" else "routine",
@@ -188,6 +226,35 @@ def create() -> BaseResponse | str:
     return redirect(url_for("referrals.show", identifier=tracking.identifier), code=303)
 
 
+def _foreign_conditions(
+    client: FhirClient, patient_id: str, condition_ids: tuple[str, ...]
+) -> Response | None:
+    """A refusal when a reason is not a Condition of this launch's patient (None when all are):
+    a form must not point the EHR's referral at another chart's diagnoses."""
+    if not condition_ids:
+        return None
+    try:
+        chart = read_chart(client, patient_id, with_related=False)
+    except ChartError:
+        chart = None
+    except FhirError as exc:
+        return _message(
+            "The referral was not saved yet",
+            f"PeerBridge could not check the chosen conditions with the EHR ({exc}). Go back "
+            "and submit the form again in a moment; nothing was lost.",
+            503,
+        )
+    own = {c.id for c in chart.conditions} if chart else set()
+    if set(condition_ids) <= own:
+        return None
+    return _message(
+        "The referral could not be saved",
+        "A chosen condition is not in this patient's chart. Open the program again from the "
+        "patient page and choose among the patient's conditions.",
+        400,
+    )
+
+
 # -- confirmation and detail ---------------------------------------------------------------------
 
 
@@ -195,17 +262,16 @@ def create() -> BaseResponse | str:
 def show(identifier: str) -> Response | str:
     service = referral_service()
     client = fhir_client()
-    for entry in service.outbox.for_identifier(identifier):
-        if entry.status == "pending":
-            service.outbox.send(entry.key, client, force=False)  # respects the backoff
-    tracking = service.track(client, identifier)
+    actor = current_actor()
+    service.send_due(client, actor, identifier)
+    tracking = service.track(client, identifier, actor)
     if tracking.state == "unknown":
-        return _message("Referral not found", "PeerBridge knows no referral with this id.", 404)
+        return _not_found()
     outcome_form = None
     if tracking.view is not None and tracking.view.is_open and not tracking.busy:
         outcome_form = OutcomeForm(
-            action_id=ReferralService.new_identifier(),
-            new_identifier=ReferralService.new_identifier(),
+            action_id=service.mint_identifier(actor.handle),
+            new_identifier=service.mint_identifier(actor.handle),
         )
         outcome_form.program.choices = _program_choices()
     return render_template(
@@ -225,7 +291,7 @@ def _program_choices() -> list[tuple[str, str]]:
 
 @bp.get("/referrals/<identifier>.json")
 def download(identifier: str) -> Response:
-    tracking = referral_service().track(None, identifier)
+    tracking = referral_service().track(None, identifier, current_actor())
     entry = tracking.create_entry
     if entry is None:
         abort(404)
@@ -238,9 +304,9 @@ def download(identifier: str) -> Response:
 
 @bp.get("/referrals/<identifier>/handout")
 def handout(identifier: str) -> Response | str:
-    tracking = referral_service().track(fhir_client(), identifier)
+    tracking = referral_service().track(fhir_client(), identifier, current_actor())
     if tracking.state == "unknown":
-        return _message("Referral not found", "PeerBridge knows no referral with this id.", 404)
+        return _not_found()
     entry = tracking.create_entry
     program_id = str(entry.summary.get("program_id", "")) if entry else ""
     program = _program(program_id) if program_id else _program_by_name(tracking.program_name)
@@ -261,7 +327,9 @@ def complete(identifier: str) -> BaseResponse | str:
         return refused
     service = referral_service()
     client = fhir_client()
-    tracking = service.track(client, identifier)
+    tracking = service.track(client, identifier, current_actor())
+    if tracking.state == "unknown":
+        return _not_found()
     if tracking.view is None:
         return _message(
             "Not in the EHR yet",
@@ -309,11 +377,23 @@ def outcome(identifier: str) -> BaseResponse | str:
     if not form.validate():
         problems = "; ".join(e for errors in form.errors.values() for e in errors)
         return _message("The outcome was not recorded", problems, 400)
+    handle = current_launch().handle
+    service = referral_service()
+    if not (
+        service.minted_for(handle, form.action_id.data)
+        and service.minted_for(handle, form.new_identifier.data)
+    ):
+        return _message(
+            "The outcome was not recorded",
+            "This form does not belong to this PeerBridge session; reload the referral and "
+            "record the outcome again.",
+            400,
+        )
     new_program = _program(form.program.data) if form.outcome.data == "new-match" else None
     if form.outcome.data == "new-match" and new_program is None:
         return _message("The outcome was not recorded", "Choose a program from the list.", 400)
     try:
-        tracking: Tracking = referral_service().record_outcome(
+        tracking: Tracking = service.record_outcome(
             fhir_client(),
             current_actor(),
             identifier,

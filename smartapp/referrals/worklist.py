@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, Flask, Response, render_template, request
 
 from config import Settings
-from smartapp.referrals.views import current_actor, referral_service
+from smartapp.referrals.views import current_actor, referral_service, user_level
 from smartapp.session.current import current_launch, fhir_client, launch_routes
 
 bp = Blueprint("worklist", __name__, url_prefix="/l/<handle>", template_folder="templates")
@@ -17,11 +17,6 @@ launch_routes(bp)
 
 def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bp)
-
-
-def _user_level(scopes: frozenset[str]) -> bool:
-    """A user/ scope on ServiceRequest lets the worklist span every patient, not just this one."""
-    return any(s.startswith(("user/ServiceRequest.", "user/*.")) for s in scopes)
 
 
 @bp.get("/worklist")
@@ -35,7 +30,7 @@ def view() -> Response | str:
             "(ServiceRequest) in this session.",
         )
         return Response(page, status=403)
-    can_span = _user_level(launch.scopes)
+    can_span = user_level(launch.scopes)
     all_patients = can_span and (request.args.get("scope") == "all" or not launch.patient_id)
     if not all_patients and not launch.patient_id:
         page = render_template(

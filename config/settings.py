@@ -6,6 +6,10 @@ A missing or invalid setting raises SettingsError naming the setting, so the pro
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import ipaddress
 import json
 import os
 import tomllib
@@ -13,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_FILE = CONFIG_DIR / "default.toml"
@@ -36,7 +41,11 @@ class AppSettings:
     redis_url: str = ""
     database_url: str = ""
     session_cookie_secure: bool = True
+    session_cookie_persistent: bool = False
     session_lifetime_minutes: int = 480
+    token_key: str = field(default="", repr=False)
+    token_key_file: str = ""
+    hsts_seconds: int = 0
     log_level: str = "INFO"
     log_format: str = "json"
 
@@ -56,6 +65,7 @@ class SmartSettings:
     discovery_ttl_seconds: int = 3600
     refresh_margin_seconds: int = 60
     state_ttl_seconds: int = 600
+    max_pending_authorizations: int = 10000
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,24 @@ class Settings:
     def client_secret(self) -> str:
         return _secret(
             self.smart.client_secret, self.smart.client_secret_file, "smart.client_secret"
+        )
+
+    def token_key(self) -> bytes:
+        """The Fernet key that encrypts tokens at rest: `app.token_key(_file)`, else one derived
+        from the secret key (so every instance sharing the secret key agrees on it)."""
+        if not (self.app.token_key or self.app.token_key_file):
+            secret = self.secret_key().encode()
+            derived = hashlib.sha256(b"peerbridge-token-key|" + secret).digest()
+            return base64.urlsafe_b64encode(derived)
+        key = _secret(self.app.token_key, self.app.token_key_file, "app.token_key").encode()
+        try:
+            if len(base64.urlsafe_b64decode(key)) == 32:
+                return key
+        except (ValueError, binascii.Error):
+            pass
+        raise SettingsError(
+            "app.token_key: not a Fernet key (32 url-safe base64 bytes; make one with "
+            '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key())"`)'
         )
 
 
@@ -346,6 +374,12 @@ def _validate(s: Settings) -> None:
     for key in ("timeout_seconds", "page_deadline_seconds", "max_pages", "max_response_mb"):
         if getattr(s.fhir, key) <= 0:
             raise SettingsError(f"fhir.{key}: must be positive")
+    if s.smart.max_pending_authorizations < 1:
+        raise SettingsError("smart.max_pending_authorizations: must be positive")
+    if s.app.hsts_seconds < 0:
+        raise SettingsError("app.hsts_seconds: must be 0 (off) or more")
+    if s.app.hsts_seconds and s.app.public_url.startswith("http://"):
+        raise SettingsError("app.hsts_seconds: HSTS needs an https app.public_url")
 
 
 def require_serving(s: Settings) -> None:
@@ -355,6 +389,57 @@ def require_serving(s: Settings) -> None:
     if not s.smart.iss_allowlist:
         raise SettingsError("smart.iss_allowlist: list at least one EHR FHIR base URL")
     s.secret_key()
+
+
+MIN_SECRET_CHARS = 32
+MIN_SECRET_DISTINCT = 12
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL's host is this machine (127.0.0.0/8, ::1, localhost)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_unsafe(s: Settings) -> None:
+    """Stop a production start on settings that would expose tokens or PHI, naming the setting.
+    Plain HTTP is allowed only on loopback (local runs and the demo)."""
+    require_serving(s)
+    public = s.app.public_url
+    if public.startswith("http://") and not is_loopback(public):
+        raise SettingsError(
+            f"app.public_url: {public!r} is plain http on a non-loopback host; serve PeerBridge "
+            "over https (tokens and PHI cross this connection)"
+        )
+    for iss in s.smart.iss_allowlist:
+        if iss.startswith("http://") and not is_loopback(iss):
+            raise SettingsError(
+                f"smart.iss_allowlist: {iss!r} is plain http; an EHR's FHIR base must be https "
+                "(the bearer token is sent to it)"
+            )
+    for origin in s.app.frame_ancestors:
+        if "*" == origin.strip() or origin.strip().rstrip(":") in ("http", "https", "data"):
+            raise SettingsError(
+                f"app.frame_ancestors: {origin!r} lets any site frame PeerBridge; list the EHR's "
+                "origins"
+            )
+    if public.startswith("https://") and not s.app.session_cookie_secure:
+        raise SettingsError(
+            "app.session_cookie_secure: must be true when app.public_url is https (otherwise "
+            "the session cookie also travels over plain http)"
+        )
+    secret = s.secret_key()
+    if len(secret) < MIN_SECRET_CHARS or len(set(secret)) < MIN_SECRET_DISTINCT:
+        raise SettingsError(
+            f"app.secret_key: too weak (use at least {MIN_SECRET_CHARS} random characters, e.g. "
+            '`python -c "import secrets; print(secrets.token_urlsafe(48))"`)'
+        )
+    s.token_key()
 
 
 def _secret(value: str, file: str, key: str) -> str:

@@ -9,6 +9,7 @@ from smartapp import security
 from smartapp.cds import views as cds
 from smartapp.directory import store as program_directory
 from smartapp.ops import health, observability
+from smartapp.ops.files import private_database, private_dir
 from smartapp.referrals import views as referrals
 from smartapp.referrals import worklist
 from smartapp.session import views as launch_views
@@ -26,7 +27,9 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
         PEERBRIDGE=settings,
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
-    settings.state_path.mkdir(parents=True, exist_ok=True)
+    # Tokens and referrals live here: 0700 folder, 0600 files, before any store opens them.
+    private_dir(settings.state_path)
+    private_database(settings.database_url)
 
     observability.init_app(app, settings)
     security.init_app(app, settings)

@@ -1,5 +1,6 @@
 """Browser-facing protections in one place: CSRF on every form, CSP with a per-request nonce
-and frame-ancestors from configuration (the EHR origins that may frame PeerBridge)."""
+and frame-ancestors from configuration (the EHR origins that may frame PeerBridge), and HSTS
+when `app.hsts_seconds` is set."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     )
     csrf.init_app(app)
     ancestors = " ".join(("'self'", *settings.app.frame_ancestors))
+    hsts = (
+        f"max-age={settings.app.hsts_seconds}; includeSubDomains"
+        if settings.app.hsts_seconds and settings.app.public_url.startswith("https://")
+        else ""
+    )
 
     @app.before_request
     def _nonce() -> None:
@@ -48,4 +54,6 @@ def init_app(app: Flask, settings: Settings) -> None:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers.setdefault("Cache-Control", "no-store")
+        if hsts:
+            response.headers["Strict-Transport-Security"] = hsts
         return response

@@ -708,6 +708,10 @@ def test_on_redis_a_launch_started_on_one_instance_completes_and_works_on_anothe
     assert cookie is not None
     browser_two.set_cookie("peerbridge_session", cookie.value, domain="localhost")
     handle = _handle_of(_back_to_app(browser_two, ehr))  # the callback lands on instance two
+    # The callback rotated the session id; the (one) browser keeps the new cookie.
+    rotated = browser_two.get_cookie("peerbridge_session")
+    assert rotated is not None and rotated.value != cookie.value
+    browser_one.set_cookie("peerbridge_session", rotated.value, domain="localhost")
     sandbox.expire_tokens()
     assert "peds-down" in _about(browser_one, handle)  # refreshed by instance one
 

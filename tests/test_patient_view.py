@@ -288,7 +288,9 @@ def test_unmapped_conditions_get_a_directory_search_and_markup_is_escaped(app: F
     html = render_patient_page(app)
     assert "Rare &lt;b&gt;genetic&lt;/b&gt; syndrome (Q87.89)" in html
     assert "<b>genetic</b>" not in html
-    assert "/l/h123/programs?q=Rare" in html
+    # The search is a POST: the diagnosis rides in the body, never in a URL.
+    assert 'action="/l/h123/programs"' in html and "?q=" not in html
+    assert 'name="q" value="Rare &lt;b&gt;genetic&lt;/b&gt; syndrome"' in html
 
 
 def test_a_contact_website_that_is_not_a_web_address_is_never_linked(app: Flask) -> None:

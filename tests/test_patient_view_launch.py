@@ -152,7 +152,13 @@ def test_directory_search_finds_programs_for_an_unmapped_condition(
     web: FlaskClient, sandbox: Sandbox
 ) -> None:
     page_url = launch(web, sandbox, "peds-gtube-rare")
-    results = web.get(page_url.replace("/patient", "/programs") + "?q=feeding+tube")
+    page = web.get(page_url).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token, "the search form carries a CSRF token"
+    results = web.post(
+        page_url.replace("/patient", "/programs"),
+        data={"csrf_token": token.group(1), "q": "feeding tube"},
+    )
     html = results.get_data(as_text=True)
     assert results.status_code == 200
     assert re.search(r"[1-9]\d* programs? found", html)

@@ -79,6 +79,7 @@ def demo_wiring(
         "PEERBRIDGE_PROFILE": "local",
         "PEERBRIDGE_APP_PUBLIC_URL": app,
         "PEERBRIDGE_APP_SECRET_KEY": secrets.token_urlsafe(32),
+        "PEERBRIDGE_APP_TOKEN_KEY_FILE": str(demo_token_key(state_dir)),
         "PEERBRIDGE_APP_STATE_DIR": str(state_dir),
         "PEERBRIDGE_APP_FRAME_ANCESTORS": json.dumps([ehr]),
         "PEERBRIDGE_SMART_ISS_ALLOWLIST": json.dumps([f"{ehr}/fhir"]),
@@ -98,7 +99,36 @@ def demo_wiring(
     return clients, env
 
 
+def demo_token_key(state_dir: Path) -> Path:
+    """The demo's token encryption key: generated once (0600), then kept, so launches stored
+    before a restart still decrypt."""
+    from cryptography.fernet import Fernet
+
+    from smartapp.ops.files import private_file
+
+    path = state_dir / "token.key"
+    if not path.exists() or not path.read_bytes().strip():
+        private_file(path).write_bytes(Fernet.generate_key())
+    return path
+
+
+def loopback_host(host: str) -> bool:
+    from config.settings import is_loopback
+
+    return is_loopback(f"http://[{host}]" if ":" in host else f"http://{host}")
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    if not loopback_host(args.host):
+        # The dev EHR's admin API mints tokens for anyone who asks: never off this machine.
+        print(
+            f"peerbridge demo: --host {args.host} is not a loopback address; the demo binds "
+            "loopback only (127.0.0.1, ::1 or localhost) because the dev EHR's admin API is "
+            "unauthenticated. To serve PeerBridge to others, use `peerbridge serve` with a real "
+            "EHR.",
+            file=sys.stderr,
+        )
+        return 2
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -168,9 +198,10 @@ def gunicorn_command(bind: str, *, workers: int) -> list[str]:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from config import load_settings, require_serving
+    from config import load_settings
+    from config.settings import refuse_unsafe
 
-    require_serving(load_settings())  # fail here, with the setting's name, not in a worker
+    refuse_unsafe(load_settings())  # fail here, with the setting's name, not in a worker
     os.execv(sys.executable, gunicorn_command(args.bind, workers=args.workers))
     return 0  # pragma: no cover
 

@@ -63,7 +63,6 @@ def browser_binding(create: bool = True) -> str:
     if not binding and create:
         binding = secrets.token_urlsafe(24)
         session[BINDING_KEY] = binding
-        session.permanent = True
     return str(binding or "")
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import requests
+from cryptography.fernet import Fernet, InvalidToken
 
 from config import Settings
 from fhir_mappings.fhir_client import CapabilityCache, FhirClient
@@ -33,6 +34,7 @@ from launch.errors import LaunchError
 from launch.guarded_http import Deadline, GuardedHttp
 from launch.id_token import relative_fhir_user, verify_id_token
 from launch.token import TokenClient, TokenResponse
+from smartapp.ops.files import private_file
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,24 @@ class KeyValue(Protocol):
         """Set-if-absent with expiry: a lock across processes."""
         ...
 
+    def count(self, ns: str) -> int:
+        """Live (unexpired) records in a namespace (bounds what anonymous calls may add)."""
+        ...
+
+
+PURGE_EVERY_SECONDS = 60.0
+
 
 class SqliteKeyValue:
-    """One SQLite file; a connection per call, so it is safe from any thread."""
+    """One SQLite file (0600); a connection per call, so it is safe from any thread. Expired
+    records (launches with their tokens, states, sessions) are deleted at most every
+    `purge_every_seconds`, on a write."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, purge_every_seconds: float = PURGE_EVERY_SECONDS) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.purge_every_seconds = purge_every_seconds
+        self._next_purge = 0.0
+        private_file(path)
         with closing(self._connect()) as db, db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
@@ -76,6 +89,16 @@ class SqliteKeyValue:
                 "INSERT OR REPLACE INTO kv (ns, key, value, expires) VALUES (?, ?, ?, ?)",
                 (ns, key, json.dumps(value), time.time() + ttl),
             )
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self.purge_every_seconds
+            self.purge_expired()
+
+    def count(self, ns: str) -> int:
+        with closing(self._connect()) as db:
+            row = db.execute(
+                "SELECT count(*) FROM kv WHERE ns = ? AND expires > ?", (ns, time.time())
+            ).fetchone()
+        return int(row[0])
 
     def get(self, ns: str, key: str) -> dict[str, Any] | None:
         with closing(self._connect()) as db:
@@ -122,8 +145,12 @@ class SqliteKeyValue:
             db.execute("DELETE FROM kv WHERE expires <= ?", (time.time(),))
 
 
+COUNTED = ("state",)  # namespaces whose size is bounded (anonymous /launch calls add to them)
+
+
 class RedisKeyValue:
-    """Redis, for several app instances sharing sessions and launches."""
+    """Redis, for several app instances sharing sessions and launches. Records expire by Redis
+    TTL; counted namespaces also keep a sorted set of key -> expiry so they can be counted."""
 
     def __init__(self, url: str, prefix: str = "peerbridge:") -> None:
         import redis  # only needed when configured
@@ -134,8 +161,18 @@ class RedisKeyValue:
     def _name(self, ns: str, key: str) -> str:
         return f"{self.prefix}{ns}:{key}"
 
+    def _index(self, ns: str) -> str:
+        return f"{self.prefix}index:{ns}"
+
     def put(self, ns: str, key: str, value: dict[str, Any], ttl: float) -> None:
         self.client.set(self._name(ns, key), json.dumps(value), px=max(1, int(ttl * 1000)))
+        if ns in COUNTED:
+            self.client.zadd(self._index(ns), {key: time.time() + ttl})
+
+    def count(self, ns: str) -> int:
+        index = self._index(ns)
+        self.client.zremrangebyscore(index, "-inf", time.time())
+        return int(self.client.zcard(index))
 
     def get(self, ns: str, key: str) -> dict[str, Any] | None:
         raw = self.client.get(self._name(ns, key))
@@ -143,10 +180,14 @@ class RedisKeyValue:
 
     def take(self, ns: str, key: str) -> dict[str, Any] | None:
         raw = self.client.getdel(self._name(ns, key))
+        if ns in COUNTED:
+            self.client.zrem(self._index(ns), key)
         return _loads(raw) if raw else None
 
     def delete(self, ns: str, key: str) -> None:
         self.client.delete(self._name(ns, key))
+        if ns in COUNTED:
+            self.client.zrem(self._index(ns), key)
 
     def acquire(self, ns: str, key: str, ttl: float) -> bool:
         return bool(self.client.set(self._name(ns, key), "1", nx=True, px=int(ttl * 1000)))
@@ -157,10 +198,58 @@ def _loads(raw: str | bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+SEALED = ("launch", "state")  # tokens, refresh tokens, PKCE verifiers and nonces
+
+
+class SealedKeyValue:
+    """Encrypts the records of the sealed namespaces at rest (Fernet: AES-128-CBC + HMAC) with
+    the key from settings; a record that does not decrypt (another key) reads as absent."""
+
+    def __init__(self, inner: KeyValue, key: bytes, namespaces: tuple[str, ...] = SEALED) -> None:
+        self.inner = inner
+        self.fernet = Fernet(key)
+        self.namespaces = namespaces
+
+    def put(self, ns: str, key: str, value: dict[str, Any], ttl: float) -> None:
+        if ns in self.namespaces:
+            value = {"sealed": self.fernet.encrypt(json.dumps(value).encode()).decode()}
+        self.inner.put(ns, key, value, ttl)
+
+    def get(self, ns: str, key: str) -> dict[str, Any] | None:
+        return self._open(ns, self.inner.get(ns, key))
+
+    def take(self, ns: str, key: str) -> dict[str, Any] | None:
+        return self._open(ns, self.inner.take(ns, key))
+
+    def delete(self, ns: str, key: str) -> None:
+        self.inner.delete(ns, key)
+
+    def acquire(self, ns: str, key: str, ttl: float) -> bool:
+        return self.inner.acquire(ns, key, ttl)
+
+    def count(self, ns: str) -> int:
+        return self.inner.count(ns)
+
+    def _open(self, ns: str, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None or ns not in self.namespaces:
+            return value
+        sealed = value.get("sealed")
+        if not isinstance(sealed, str):
+            return None  # written before encryption: treated as expired
+        try:
+            return _loads(self.fernet.decrypt(sealed.encode()))
+        except InvalidToken:
+            log.warning("a %s record did not decrypt with app.token_key; ignored", ns)
+            return None
+
+
 def key_value_for(settings: Settings) -> KeyValue:
+    inner: KeyValue
     if settings.app.session_backend == "redis":
-        return RedisKeyValue(settings.app.redis_url)
-    return SqliteKeyValue(settings.state_path / "sessions.sqlite3")
+        inner = RedisKeyValue(settings.app.redis_url)
+    else:
+        inner = SqliteKeyValue(settings.state_path / "sessions.sqlite3")
+    return SealedKeyValue(inner, settings.token_key())
 
 
 # -- launches ------------------------------------------------------------------------------------
@@ -240,6 +329,19 @@ class LaunchStore:
         if iss not in self.settings.smart.iss_allowlist:
             raise _unknown_iss(iss)
         return iss
+
+    def check_capacity(self) -> None:
+        """Refuse a new authorization while too many are pending (anonymous `/launch` calls
+        cannot grow the store without bound; each also expires after state_ttl_seconds)."""
+        if self.kv.count("state") >= self.settings.smart.max_pending_authorizations:
+            raise LaunchError(
+                "PeerBridge is very busy right now. Please wait a minute and open it from the "
+                "EHR again.",
+                "launch refused: smart.max_pending_authorizations reached",
+                status=503,
+                relaunch=False,
+                kind="busy",
+            )
 
     def configuration(self, iss: str) -> SmartConfiguration:
         return self.discovery.smart_configuration(self.check_iss(iss))

@@ -17,6 +17,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from flask.typing import ResponseReturnValue
@@ -62,6 +63,7 @@ def start() -> ResponseReturnValue:
             kind="missing_iss",
         )
     store.check_iss(iss)  # before anything else: an unknown iss causes no outbound request
+    store.check_capacity()  # before the browser gets a session: refused calls store nothing
     auth = store.begin(iss=iss, launch=launch, binding=browser_binding())
     if auth.use_post:
         _allow_form_action(auth.endpoint)
@@ -86,6 +88,12 @@ def callback() -> ResponseReturnValue:
     context = store.complete(
         state=state, code=request.args.get("code", ""), binding=browser_binding(create=False)
     )
+    # A new session id now (same binding, old id deleted): an id planted in this browser before
+    # the launch (session fixation) opens nothing afterwards.
+    session[LAUNCHED_KEY] = True
+    interface = current_app.session_interface
+    if isinstance(interface, KeyValueSessionInterface):
+        interface.regenerate(session)
     log.info("launch completed", extra={"event": "launch_completed"})
     if context.intent == WORKSPACE_INTENT or (
         store.settings.workspace.enabled and not context.patient_id
@@ -229,16 +237,25 @@ _TITLES = {
     "relaunch_needed": "Please relaunch PeerBridge",
     "unknown_launch": "This PeerBridge page has ended",
     "not_bound": "This PeerBridge page belongs to another session",
+    "busy": "PeerBridge is busy",
 }
 
 
 # -- the Flask session, server-side on the launch store's backend ---------------------------
-class KeyValueSessionInterface(ServerSideSessionInterface):  # type: ignore[misc]
-    """Flask-Session's server-side session on our key-value store (SQLite or Redis)."""
+LAUNCHED_KEY = "pb_launched"  # set once a launch completed in this browser session
 
-    def __init__(self, app: Flask, kv: KeyValue) -> None:
-        super().__init__(app, key_prefix="", use_signer=False, permanent=True, sid_length=32)
+
+class KeyValueSessionInterface(ServerSideSessionInterface):  # type: ignore[misc]
+    """Flask-Session's server-side session on our key-value store (SQLite or Redis).
+
+    `permanent` False gives a browser-session cookie (no Expires); the record itself lives
+    `app.session_lifetime_minutes`, or only `smart.state_ttl_seconds` until a launch completes,
+    so anonymous `/launch` calls leave nothing behind for long."""
+
+    def __init__(self, app: Flask, kv: KeyValue, *, permanent: bool, anonymous_ttl: float) -> None:
+        super().__init__(app, key_prefix="", use_signer=False, permanent=permanent, sid_length=32)
         self.kv = kv
+        self.anonymous_ttl = anonymous_ttl
 
     def _retrieve_session_data(self, store_id: str) -> dict[str, Any] | None:
         return self.kv.get("session", store_id)
@@ -249,7 +266,10 @@ class KeyValueSessionInterface(ServerSideSessionInterface):  # type: ignore[misc
     def _upsert_session(
         self, session_lifetime: timedelta, session: ServerSideSession, store_id: str
     ) -> None:
-        self.kv.put("session", store_id, dict(session), session_lifetime.total_seconds())
+        ttl = session_lifetime.total_seconds()
+        if not session.get(LAUNCHED_KEY):
+            ttl = min(ttl, self.anonymous_ttl)
+        self.kv.put("session", store_id, dict(session), ttl)
 
 
 # -- wiring ------------------------------------------------------------------------------------
@@ -258,7 +278,11 @@ def init_app(app: Flask, settings: Settings) -> None:
     install_store(app, store)
     secure = settings.app.session_cookie_secure
     app.config.update(
-        SESSION_COOKIE_NAME="peerbridge_session",
+        # __Host-: the browser keeps it only if Secure, Path=/ and without Domain, so no
+        # sibling subdomain can set or overwrite it.
+        SESSION_COOKIE_NAME=("__Host-" if secure else "") + "peerbridge_session",
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SECURE=secure,
         # SameSite=None lets the cookie through inside the EHR's iframe; browsers drop it
@@ -266,7 +290,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SAMESITE="None" if secure else "Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.app.session_lifetime_minutes),
     )
-    app.session_interface = KeyValueSessionInterface(app, store.kv)
+    app.session_interface = KeyValueSessionInterface(
+        app,
+        store.kv,
+        permanent=settings.app.session_cookie_persistent,
+        anonymous_ttl=float(settings.smart.state_ttl_seconds),
+    )
     app.extensions[CSP_FORM_ACTION] = {
         f"{urlsplit(iss).scheme}://{urlsplit(iss).netloc}" for iss in settings.smart.iss_allowlist
     }

@@ -185,14 +185,15 @@ def patient_page(
     )
 
 
-@bp.get("/programs")
+@bp.route("/programs", methods=["GET", "POST"])
 def search() -> str:
-    """Directory search for conditions the code maps do not cover."""
-    text = request.args.get("q", "").strip()[:200]
+    """Directory search for conditions the code maps do not cover. The words (often a
+    diagnosis) come only in a POST body, never in the URL; a GET shows the empty form."""
+    text = request.form.get("q", "").strip()[:200] if request.method == "POST" else ""
     found: list[Program] = []
     if text:
         found = _directory().search(text)
-    condition = request.args.get("condition", "")[:64]
+    condition = request.form.get("condition", "")[:64] if request.method == "POST" else ""
     return render_template(
         "patient_search.html",
         text=text,

@@ -72,12 +72,11 @@ class Actor:
     patient_id: str = ""
     writable: frozenset[str] = frozenset()  # resource types the token may create and update
     encounter_id: str = ""  # the launch's encounter, when the EHR gave one
+    all_patients: bool = False
 
     @property
     def encounter(self) -> str:
         return f"Encounter/{self.encounter_id}" if self.encounter_id else ""
-
-    all_patients: bool = False
 
     def owns(self, iss: str, patient_id: str) -> bool:
         """Whether a referral of this EHR and patient belongs to this launch."""

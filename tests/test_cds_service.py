@@ -13,16 +13,23 @@ import jsonschema
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine
 
 from config.settings import DEFAULT_DIRECTORY
 from fhir_mappings.code_maps import CodeMap
 from fhir_mappings.directory import load_directory_file
 from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient
-from smartapp.cds.service import FeedbackStore, PatientViewRequest, PatientViewService
+from smartapp.cds.service import (
+    CdsRequestError,
+    FeedbackStore,
+    PatientViewRequest,
+    PatientViewService,
+)
 from smartapp.suggest.engine import Directory, suggest_programs
 from tests.cds_support import (
     DISCOVERY_URL,
+    EHR_ISS,
     FEEDBACK_URL,
     PUBLIC_URL,
     SERVICE_URL,
@@ -347,10 +354,17 @@ def test_an_unknown_service_id_is_a_404(client: FlaskClient, keys: dict[str, Any
 # -- feedback -------------------------------------------------------------------------------------
 
 
+def _issued_card(
+    client: FlaskClient, keys: dict[str, Any], sandbox: Sandbox, fhir: FhirClient
+) -> str:
+    [card] = _call(client, keys, _body(sandbox, _full_prefetch(fhir))).get_json()["cards"]
+    return str(card["uuid"])
+
+
 def test_feedback_outcomes_are_recorded_without_free_text(
-    app: Flask, client: FlaskClient, keys: dict[str, Any]
+    app: Flask, client: FlaskClient, keys: dict[str, Any], sandbox: Sandbox, fhir: FhirClient
 ) -> None:
-    card = str(uuid.uuid4())
+    card = _issued_card(client, keys, sandbox, fhir)
     body = {
         "feedback": [
             {"card": card, "outcome": "accepted", "outcomeTimestamp": "2026-11-25T08:00:00Z"},
@@ -375,6 +389,34 @@ def test_feedback_outcomes_are_recorded_without_free_text(
         ("overridden", "not-now"),
     ]
     assert "Maria" not in json.dumps(rows, default=str)
+    # Each outcome belongs to the EHR the card was given to, and to its patient.
+    assert {(r["tenant"], r["patient_id"]) for r in rows} == {(EHR_ISS, PATIENT)}
+
+
+def test_feedback_on_a_card_peerbridge_never_gave_this_ehr_is_refused(
+    app: Flask, client: FlaskClient, keys: dict[str, Any], sandbox: Sandbox, fhir: FhirClient
+) -> None:
+    store: FeedbackStore = app.extensions["peerbridge.cds"].feedback
+    before = len(store.outcomes())
+    made_up = {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2026-11-25"}
+    response = client.post(
+        f"{SERVICE_PATH}/feedback", json={"feedback": [made_up]}, headers=_auth(keys, FEEDBACK_URL)
+    )
+    assert response.status_code == 400
+    assert len(store.outcomes()) == before
+
+
+def test_a_card_given_to_one_ehr_takes_no_feedback_from_another(tmp_path: Any) -> None:
+    store = FeedbackStore(create_engine(f"sqlite:///{tmp_path / 'cds.sqlite3'}"))
+    card = {"uuid": str(uuid.uuid4())}
+    store.issued([card], tenant="https://ehr-1.example.org", patient_id="p1")
+    item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-25"}
+    with pytest.raises(CdsRequestError):
+        store.record("svc", {"feedback": [item]}, tenant="https://ehr-2.example.org")
+    assert store.outcomes() == []
+    assert store.record("svc", {"feedback": [item]}, tenant="https://ehr-1.example.org") == 1
+    [row] = store.outcomes()
+    assert (row["tenant"], row["patient_id"]) == ("https://ehr-1.example.org", "p1")
 
 
 @pytest.mark.parametrize(

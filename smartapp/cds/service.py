@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, insert
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select
 from sqlalchemy.engine import Engine
 
 from fhir_mappings.chart import ChartError, coded_conditions, patient_facts, read_chart
@@ -314,27 +314,71 @@ feedback_table = Table(
     Column("outcome_timestamp", String(40), nullable=False, default=""),
     Column("received_at", Float, nullable=False),
 )
+# The cards PeerBridge gave, each to one EHR (tenant: the JWT `iss`) for one patient; feedback
+# rows belong to the tenant and patient of their card.
+issued_table = Table(
+    "cds_issued_cards",
+    metadata,
+    Column("card", String(100), primary_key=True),
+    Column("tenant", String(500), nullable=False),
+    Column("patient_id", String(200), nullable=False),
+    Column("issued_at", Float, nullable=False, index=True),
+)
 OUTCOMES = ("accepted", "overridden")
+ISSUED_KEEP_SECONDS = 30 * 24 * 3600.0  # feedback comes within minutes; a month is generous
 
 
 class FeedbackStore:
-    """Accepted and overridden card outcomes; no free text (a userComment may hold PHI)."""
+    """Accepted and overridden card outcomes; no free text (a userComment may hold PHI). Only
+    feedback on a card PeerBridge gave the calling EHR is accepted."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        self.clock = clock
         metadata.create_all(engine)
 
-    def record(self, service_id: str, body: object) -> int:
+    def issued(self, cards: Sequence[Mapping[str, Any]], *, tenant: str, patient_id: str) -> None:
+        """Remember which EHR and patient each returned card was for."""
+        now = self.clock()
+        rows = [
+            {"card": str(c["uuid"]), "tenant": tenant, "patient_id": patient_id, "issued_at": now}
+            for c in cards
+            if c.get("uuid")
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(issued_table).where(issued_table.c.issued_at < now - ISSUED_KEEP_SECONDS)
+            )
+            if rows:
+                conn.execute(insert(issued_table), rows)
+
+    def record(self, service_id: str, body: object, *, tenant: str) -> int:
         rows = [_feedback_row(service_id, item) for item in _feedback_items(body)]
+        cards = {row["card"] for row in rows}
+        if cards:
+            query = select(issued_table.c.card).where(
+                issued_table.c.card.in_(cards), issued_table.c.tenant == tenant
+            )
+            with self.engine.connect() as conn:
+                known = set(conn.execute(query).scalars())
+            if cards - known:
+                raise CdsRequestError("feedback.card is not a card PeerBridge gave this EHR")
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(insert(feedback_table), rows)
         return len(rows)
 
     def outcomes(self) -> list[dict[str, Any]]:
+        """Every outcome with the tenant and patient of its card."""
+        query = (
+            select(feedback_table, issued_table.c.tenant, issued_table.c.patient_id)
+            .select_from(
+                feedback_table.outerjoin(issued_table, feedback_table.c.card == issued_table.c.card)
+            )
+            .order_by(feedback_table.c.id)
+        )
         with self.engine.connect() as conn:
-            result = conn.execute(feedback_table.select().order_by(feedback_table.c.id))
-            return [dict(row) for row in result.mappings()]
+            return [dict(row) for row in conn.execute(query).mappings()]
 
 
 def _feedback_items(body: object) -> list[dict[str, Any]]:

@@ -15,12 +15,13 @@ from sqlalchemy import create_engine
 
 from config import Settings
 from fhir_mappings.code_maps import CodeMap
-from smartapp.cds.auth import CdsAuthError, CdsJwtVerifier, JtiStore, JwksCache
+from smartapp.cds.auth import CdsAuthError, CdsJwtVerifier, JtiStore, JwksCache, VerifiedCall
 from smartapp.cds.service import (
     FHIR_TIMEOUT_SECONDS,
     CdsRequestError,
     DataUnavailable,
     FeedbackStore,
+    PatientViewRequest,
     PatientViewService,
 )
 from smartapp.directory.store import current_directory
@@ -66,9 +67,9 @@ def _endpoints() -> CdsEndpoints:
     return found
 
 
-def _authenticate(endpoints: CdsEndpoints) -> None:
+def _authenticate(endpoints: CdsEndpoints) -> VerifiedCall:
     try:
-        endpoints.verifier.verify(
+        return endpoints.verifier.verify(
             request.headers.get("Authorization"), endpoints.public_url + request.path
         )
     except CdsAuthError as exc:
@@ -96,25 +97,29 @@ def discovery() -> Response:
 @bp.post("/cds-services/<service_id>")
 def patient_view(service_id: str) -> tuple[Response, int]:
     endpoints = _endpoints()
-    _authenticate(endpoints)
+    call = _authenticate(endpoints)
     service = _service(endpoints, service_id)
+    body = _json_body()
     try:
-        cards = service.cards(_json_body())
+        cards = service.cards(body)
     except CdsRequestError as exc:
         return jsonify({"error": str(exc)}), 400
     except DataUnavailable as exc:
         log.info("CDS call answered 412: %s", exc)
         return jsonify({"error": "the patient's data could not be read"}), 412
+    if cards:  # the body parsed, so it names its patient
+        patient_id = PatientViewRequest.parse(body).patient_id
+        endpoints.feedback.issued(cards, tenant=call.iss, patient_id=patient_id)
     return jsonify({"cards": cards}), 200
 
 
 @bp.post("/cds-services/<service_id>/feedback")
 def feedback(service_id: str) -> tuple[Response, int]:
     endpoints = _endpoints()
-    _authenticate(endpoints)
+    call = _authenticate(endpoints)
     service = _service(endpoints, service_id)
     try:
-        recorded = endpoints.feedback.record(service.id, _json_body())
+        recorded = endpoints.feedback.record(service.id, _json_body(), tenant=call.iss)
     except CdsRequestError as exc:
         return jsonify({"error": str(exc)}), 400
     log.info("CDS feedback recorded: %d outcome(s)", recorded)

@@ -484,3 +484,41 @@ def test_the_ehr_logs_no_direct_task_write_outside_the_outbox(app: Flask, sandbo
     assert not [r for r in log if r["method"] == "PUT" and r["path"].startswith("/fhir/Task")]
     assert [r for r in log if r["method"] == "POST" and r["path"] in ("/fhir", "/fhir/")]
     assert requests.get(f"{sandbox.fhir_base}/metadata", timeout=5).status_code == 200
+
+
+def test_a_match_that_did_not_happen_is_re_matched_and_reported(
+    app: Flask, sandbox: Sandbox
+) -> None:
+    task_id = ehr_referral(sandbox, consent=True)
+    lead = app.test_client()  # the program lead works the coordinator's lists
+    handle = launch_as(app, sandbox, lead, LEAD)
+    page = lead.get(f"/l/{handle}/workspace/referrals/{task_id}").get_data(as_text=True)
+    lead.post(
+        f"/l/{handle}/workspace/referrals/{task_id}/match",
+        data={**form_of(page), "mentor_id": "demo-grace"},
+    )
+    (first,) = app.extensions[SERVICE].store.matches(sandbox.fhir_base, task_id=task_id)
+    page = lead.get(f"/l/{handle}/workspace/referrals/{task_id}").get_data(as_text=True)
+    lead.post(
+        f"/l/{handle}/workspace/matches/{first.id}/stage",
+        data={**form_of(page), "stage": "new-match-needed", "note": "No answer for two weeks"},
+    )
+    assert task(sandbox, task_id)["businessStatus"]["text"] == "New match needed"
+    home = lead.get(f"/l/{handle}/workspace").get_data(as_text=True)
+    assert "Find a new match" in home
+    page = lead.get(f"/l/{handle}/workspace/referrals/{task_id}").get_data(as_text=True)
+    assert "Suggested mentors" in page and "Earlier matches" in page
+    lead.post(
+        f"/l/{handle}/workspace/referrals/{task_id}/match",
+        data={**form_of(page), "mentor_id": "demo-rosa"},
+    )
+    second = app.extensions[SERVICE].store.matches(sandbox.fhir_base, task_id=task_id)[-1]
+    assert second.replaces == first.id and second.mentor_id == "demo-rosa"
+    final = task(sandbox, task_id)
+    assert final["businessStatus"]["text"] == "Support parent offered"
+    assert sum("New match needed (was Grace Demo-Byrne)" in n["text"] for n in final["note"]) == 1
+    report = lead.get(f"/l/{handle}/workspace/report").get_data(as_text=True)
+    rematches = re.search(r'<dd id="fig-rematches">(\d+)</dd>', report)
+    ended_early = re.search(r'<dd id="fig-ended-early">(\d+)</dd>', report)
+    assert rematches and int(rematches.group(1)) >= 1
+    assert ended_early and int(ended_early.group(1)) >= 1

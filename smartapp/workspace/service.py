@@ -153,7 +153,8 @@ class WorkspaceService:
     ) -> WorkspaceActor:
         """Coordinator by setting or PractitionerRole; mentor when the roster links the user."""
         mentor = self.store.mentor_for_user(iss, fhir_user)
-        if fhir_user and fhir_user in self.settings.coordinators:
+        # The program's professional lead works the same lists as its coordinators.
+        if fhir_user and fhir_user in (*self.settings.coordinators, self.settings.lead):
             return WorkspaceActor(handle, iss, fhir_user, "coordinator", mentor)
         if client is not None and fhir_user.startswith("Practitioner/"):
             codes = self._role_codes(client, fhir_user)
@@ -794,7 +795,7 @@ class WorkspaceService:
                 items.append(
                     DueItem(start + timedelta(days=3), "Make first contact", name, match.id)
                 )
-            if match.reached("checked") is None and match.stage != "continuing":
+            if match.reached("checked") is None and match.stage != "continuing" and not mine:
                 items.append(
                     DueItem(
                         start + timedelta(days=self.settings.check_days),
@@ -807,7 +808,9 @@ class WorkspaceService:
                 items.append(
                     DueItem(
                         start + timedelta(days=self.settings.reminder_days),
-                        f"Remind {name} (3 weeks)",
+                        "Three weeks: keep in touch with the family"
+                        if mine
+                        else f"Remind {name} (3 weeks)",
                         name,
                         match.id,
                     )

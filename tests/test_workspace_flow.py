@@ -522,3 +522,38 @@ def test_a_match_that_did_not_happen_is_re_matched_and_reported(
     ended_early = re.search(r'<dd id="fig-ended-early">(\d+)</dd>', report)
     assert rematches and int(rematches.group(1)) >= 1
     assert ended_early and int(ended_early.group(1)) >= 1
+
+
+def test_bad_contact_forms_get_a_clear_error_and_write_nothing(
+    app: Flask, sandbox: Sandbox
+) -> None:
+    task_id = ehr_referral(sandbox, consent=True)
+    coordinator = app.test_client()
+    handle = launch_as(app, sandbox, coordinator, COORDINATOR)
+    page = coordinator.get(f"/l/{handle}/workspace/referrals/{task_id}").get_data(as_text=True)
+    coordinator.post(
+        f"/l/{handle}/workspace/referrals/{task_id}/match",
+        data={**form_of(page), "mentor_id": "demo-tom"},
+    )
+    (match,) = app.extensions[SERVICE].store.matches(sandbox.fhir_base, task_id=task_id)
+    family = coordinator.get(f"/l/{handle}/workspace/matches/{match.id}").get_data(as_text=True)
+    url = f"/l/{handle}/workspace/matches/{match.id}/encounters"
+    base = {**form_of(family), "day": "2026-11-25", "mode": "phone", "minutes": "30"}
+    cases = {
+        "minutes": ({"minutes": "half an hour"}, "the minutes as a number"),
+        "future": ({"day": "2099-01-01"}, "cannot be in the future"),
+        "mode": ({"mode": "carrier pigeon"}, "Choose the way of contact"),
+        "long": ({"minutes": "900"}, "between 1 and 600"),
+    }
+    for values, words in cases.values():
+        answer = coordinator.post(url, data={**base, **values})
+        assert answer.status_code == 409
+        assert words in answer.get_data(as_text=True)
+    assert app.extensions[SERVICE].store.encounters(sandbox.fhir_base, match_id=match.id) == []
+    notes = [n["text"] for n in task(sandbox, task_id).get("note", [])]
+    assert not any("First contact" in n for n in notes)
+    # No CSRF token: refused before anything happens.
+    assert (
+        coordinator.post(url, data={k: v for k, v in base.items() if k != "csrf_token"}).status_code
+        == 400
+    )

@@ -110,7 +110,7 @@ def build(store: WorkspaceStore, iss: str, *, today: date, months: int = 6) -> P
 
 def _bars(title: str, items: list[tuple[str, int]], *, colour: str = "#0b5cad") -> str:
     """A vertical bar chart as an SVG string; every text is escaped."""
-    width, height, pad, top = 480, 220, 30, 28
+    width, height, pad, top = 480, 230, 30, 44
     peak = max((v for _, v in items), default=0) or 1
     slot = (width - 2 * pad) / max(len(items), 1)
     parts = [

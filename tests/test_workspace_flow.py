@@ -557,3 +557,33 @@ def test_bad_contact_forms_get_a_clear_error_and_write_nothing(
         coordinator.post(url, data={k: v for k, v in base.items() if k != "csrf_token"}).status_code
         == 400
     )
+
+
+def test_a_step_left_waiting_for_a_token_is_sent_by_the_users_next_launch(
+    app: Flask, sandbox: Sandbox
+) -> None:
+    task_id = ehr_referral(sandbox, consent=True)
+    coordinator = app.test_client()
+    handle = launch_as(app, sandbox, coordinator, COORDINATOR)
+    page = coordinator.get(f"/l/{handle}/workspace/referrals/{task_id}").get_data(as_text=True)
+    sandbox.inject_fault("500", method="POST", path="/fhir", count=1)
+    coordinator.post(
+        f"/l/{handle}/workspace/referrals/{task_id}/match",
+        data={**form_of(page), "mentor_id": "demo-mai"},
+    )
+    service = app.extensions[SERVICE]
+    # The launch ends before the retry: the row waits for the user to launch again.
+    assert service.outbox.drain(lambda h: None) == 1
+    assert service.outbox.counts().get("waiting-auth") == 1
+    assert task(sandbox, task_id)["status"] == "requested"
+    # Another user's launch (the mentor) resumes nothing; the coordinator's next launch does.
+    mentor = app.test_client()
+    mentor.get(f"/l/{launch_as(app, sandbox, mentor, MENTOR)}/workspace")
+    assert service.outbox.counts().get("waiting-auth") == 1
+    again = app.test_client()
+    again.get(f"/l/{launch_as(app, sandbox, again, COORDINATOR)}/workspace")
+    with app.app_context():
+        service.outbox.drain(lambda h: launch_store().client_for(h))
+    offered = task(sandbox, task_id)
+    assert offered["businessStatus"]["text"] == "Support parent offered"
+    assert sum("offer sent" in n["text"] for n in offered["note"]) == 1

@@ -18,6 +18,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from config.settings import WorkspaceSettings
 from fhir_mappings.chart import coded_conditions
 from fhir_mappings.code_maps import CodeMap
@@ -38,7 +40,15 @@ from fhir_mappings.program import (
     read_quietly,
     task_update_bundle,
 )
-from smartapp.referrals.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, OutboxEntry
+from smartapp.referrals.outbox import (
+    CONFIRMED,
+    FAILED,
+    PENDING,
+    WAITING_AUTH,
+    Outbox,
+    OutboxEntry,
+    outbox_table,
+)
 from smartapp.workspace.engine import MentorIndex, Ranking, issues_from_codes, rank
 from smartapp.workspace.models import (
     CONCERN_KINDS,
@@ -59,6 +69,7 @@ from smartapp.workspace.models import (
 
 DEMO_ROSTER = Path(__file__).resolve().parent / "demo_roster.json"
 NUCC = "http://nucc.org/provider-taxonomy"
+WORKSPACE_ACTIONS = ("program-step", "program-concern")  # the outbox rows the workspace writes
 PEER_SPECIALIST = "175T00000X"
 
 
@@ -177,6 +188,28 @@ class WorkspaceService:
             for concept in role.get("code", [])
             for c in concept.get("coding", [])
         }
+
+    # -- sending what waited for a new launch ----------------------------------------------------
+
+    def resume(self, actor: WorkspaceActor, *, user_level: bool) -> int:
+        """The same program user launched again: their workspace steps that waited for a fresh
+        token go back in the queue under this launch. Only for a launch of the same EHR and user
+        with user-level access (program work spans patients); never for an empty user."""
+        if not (actor.iss and actor.fhir_user and actor.handle and user_level):
+            return 0
+        statement = (
+            update(outbox_table)
+            .where(
+                outbox_table.c.status == WAITING_AUTH,
+                outbox_table.c.iss == actor.iss,
+                outbox_table.c.fhir_user == actor.fhir_user,
+                outbox_table.c.action.in_(WORKSPACE_ACTIONS),
+                outbox_table.c.handle != actor.handle,
+            )
+            .values(status=PENDING, handle=actor.handle, next_attempt_at=0.0)
+        )
+        with self.outbox.engine.begin() as conn:
+            return int(conn.execute(statement).rowcount)
 
     # -- roster ----------------------------------------------------------------------------------
 

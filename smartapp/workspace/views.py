@@ -135,9 +135,13 @@ def service() -> WorkspaceService:
 def actor() -> WorkspaceActor:
     launch = current_launch()
     service().seed_roster(launch.iss)
-    return service().actor(
+    who = service().actor(
         fhir_client(), handle=launch.handle, iss=launch.iss, fhir_user=launch.fhir_user
     )
+    if who.role:
+        user_level = any(s.startswith(("user/Task.", "user/*.")) for s in launch.scopes)
+        service().resume(who, user_level=user_level and launch.can_update("Task"))
+    return who
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:

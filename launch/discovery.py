@@ -131,35 +131,37 @@ class Discovery:
         """A JWKS document; `fresh` skips the cache (a kid we have not seen: key rotation)."""
         if fresh:
             self.forget(url)
-        return self.document(url)
+        return self.document(url, step="jwks")
 
     def forget(self, url: str) -> None:
         with self._lock:
             self._cache.pop(url, None)
 
-    def document(self, url: str) -> dict[str, Any]:
+    def document(self, url: str, *, step: str = "discovery") -> dict[str, Any]:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(url)
         if hit is not None and hit[0] > now:
             return hit[1]
-        doc = self._fetch(url)
+        doc = self._fetch(url, step)
         with self._lock:
             self._cache[url] = (now + self._ttl, doc)
         return doc
 
-    def _fetch(self, url: str) -> dict[str, Any]:
+    def _fetch(self, url: str, step: str) -> dict[str, Any]:
         try:
             response, body = self._http.get_json(url, follow_redirects=True, timeout=self._timeout)
         except GuardedHttpError as exc:
             raise AuthorizationServerError(
                 "PeerBridge could not reach the EHR's sign-in service. Please try again in a "
                 "moment; if it keeps failing, tell your IT team.",
-                f"discovery GET {url} failed: {type(exc).__name__} ({exc})",
+                f"{step} GET {url} failed: {type(exc).__name__} ({exc})",
+                step=step,
             ) from exc
         if not response.ok or not isinstance(body, dict):
             raise AuthorizationServerError(
                 "The EHR's sign-in service answered unexpectedly. Please tell your IT team.",
-                f"discovery GET {url} answered {response.status_code} without a JSON object",
+                f"{step} GET {url} answered {response.status_code} without a JSON object",
+                step=step,
             )
         return body

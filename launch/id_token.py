@@ -19,13 +19,14 @@ ALLOWED_ALGS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "
 LEEWAY_SECONDS = 60
 
 
-def _invalid(log_message: str) -> LaunchError:
+def _invalid(log_message: str, step: str = "id_token") -> LaunchError:
     return LaunchError(
         "PeerBridge could not confirm who is signed in to the EHR. Please relaunch PeerBridge "
         "from the EHR; if it keeps failing, tell your IT team.",
         f"id_token rejected: {log_message}",
         status=400,
         kind="invalid_id_token",
+        step=step,
     )
 
 
@@ -78,13 +79,13 @@ def _key(discovery: Discovery, jwks_uri: str, kid: str) -> Any:
         try:
             key_set = KeySet.import_key_set(discovery.jwks(jwks_uri, fresh=fresh))  # type: ignore[arg-type]
         except (JoseError, ValueError, TypeError) as exc:
-            raise _invalid("issuer JWKS is not a key set") from exc
+            raise _invalid("issuer JWKS is not a key set", "jwks") from exc
         if not kid and len(key_set.keys) == 1:
             return key_set.keys[0]
         found = next((k for k in key_set.keys if k.kid == kid), None)
         if found is not None:
             return found
-    raise _invalid(f"no key with kid {kid!r} in the issuer's JWKS")
+    raise _invalid(f"no key with kid {kid!r} in the issuer's JWKS", "jwks")
 
 
 def relative_fhir_user(fhir_user: str) -> str:

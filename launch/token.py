@@ -119,6 +119,7 @@ class TokenClient:
                 "PeerBridge could not reach the EHR's sign-in service. Please relaunch PeerBridge "
                 "from the EHR in a moment; if it keeps failing, tell your IT team.",
                 f"token endpoint ({grant}) unusable: {type(exc).__name__} ({exc})",
+                step="token",
             ) from exc
         try:
             answer = response.json()
@@ -127,12 +128,17 @@ class TokenClient:
         if response.ok and isinstance(answer, dict):
             return answer
         error = str(answer.get("error", "")) if isinstance(answer, dict) else ""
-        raise token_error(error or f"http_{response.status_code}", grant, response.status_code)
+        description = str(answer.get("error_description", "")) if isinstance(answer, dict) else ""
+        raise token_error(
+            error or f"http_{response.status_code}", grant, response.status_code, description
+        )
 
 
-def token_error(error: str, grant: str, status: int) -> AuthorizationServerError:
-    """A page-ready error for an RFC 6749 §5.2 error code (the description stays out of logs'
-    way of tokens: we log only the code and status)."""
+def token_error(
+    error: str, grant: str, status: int, description: str = ""
+) -> AuthorizationServerError:
+    """A page-ready error for an RFC 6749 §5.2 error code, with the EHR's `error_description`
+    for IT (the form we sent, with its secrets, is never logged)."""
     if error == "invalid_client":
         user = (
             "The EHR did not recognise PeerBridge's credentials. PeerBridge may not be "
@@ -154,5 +160,9 @@ def token_error(error: str, grant: str, status: int) -> AuthorizationServerError
             "EHR; if it keeps failing, tell your IT team."
         )
     return AuthorizationServerError(
-        user, f"token endpoint ({grant}) answered {status} error={error}", error=error
+        user,
+        f"token endpoint ({grant}) answered {status} error={error}",
+        error=error,
+        step="token",
+        description=description,
     )

@@ -738,6 +738,98 @@ def test_authorization_server_errors_log_the_error_code_for_it_but_never_the_cod
     assert query["code"][0] not in logged and query["state"][0] not in logged
 
 
+def _logged_while(caplog: pytest.LogCaptureFixture, action: Any) -> tuple[Any, str]:
+    # The app's logging setup replaced the root handlers; listen again after it.
+    logging.getLogger().addHandler(caplog.handler)
+    try:
+        result = action()
+    finally:
+        logging.getLogger().removeHandler(caplog.handler)
+    return result, "\n".join(r.getMessage() for r in caplog.records)
+
+
+def _it_details(page: str) -> str:
+    found = re.search(r'<details class="it-details">(.*?)</details>', page, re.S)
+    assert found, "the error page has details for IT"
+    return html.unescape(re.sub(r"<[^>]+>", " ", found.group(1)))
+
+
+def test_invalid_client_at_authorize_is_logged_and_shown_as_such_with_its_description(
+    sandbox: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _public_app(sandbox, tmp_path)
+    client = app.test_client()
+    start = client.get("/launch?" + urlencode({"iss": sandbox.fhir_base}))
+    state = parse_qs(urlsplit(start.headers["Location"]).query)["state"][0]
+    query = {"error": "invalid_client", "error_description": "Unknown client <x>", "state": state}
+    page, logged = _logged_while(caplog, lambda: client.get("/callback?" + urlencode(query)))
+    assert page.status_code == 400
+    text = page.get_data(as_text=True)
+    assert "did not recognise PeerBridge" in text
+    details = _it_details(text)
+    assert "Sign-in request" in details and "invalid_client" in details
+    assert "Unknown client <x>" in details and "<x>" not in text  # escaped
+    assert "error=invalid_client" in logged and "error=other" not in logged
+    assert "step=authorize" in logged and "Unknown client <x>" in logged
+
+
+def test_a_wrong_secret_and_a_wrong_key_differ_by_the_ehrs_description_at_the_token_step(
+    sandbox: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client_id = _client_id("basic")
+    _register(sandbox, client_id, "client_secret_basic", client_secret="right")
+    app = _app(
+        sandbox,
+        tmp_path,
+        client_id=client_id,
+        client_auth="client_secret_basic",
+        client_secret="wrong",
+    )
+    page, logged = _logged_while(caplog, lambda: _ehr_launch(app.test_client(), sandbox, "peds-cf"))
+    details = _it_details(page.get_data(as_text=True))
+    assert "Token request" in details and "invalid_client" in details
+    assert "wrong client secret" in details
+    assert "step=token" in logged and "wrong client secret" in logged
+
+    jwt_id = _client_id("jwt")
+    keyed = _app(
+        sandbox,
+        tmp_path / "jwt",
+        client_id=jwt_id,
+        client_auth="private_key_jwt",
+        private_key_files=[str(_write_key(tmp_path / "unknown.pem", "rsa"))],
+    )
+    _register(sandbox, jwt_id, "private_key_jwt", jwks_url="http://127.0.0.1:9/jwks.json")
+    page = _ehr_launch(keyed.test_client(), sandbox, "peds-cf")
+    details = _it_details(page.get_data(as_text=True))
+    assert "Token request" in details and "could not load the client's JWKS" in details
+
+
+def test_an_unreachable_ehr_jwks_is_named_as_the_jwks_step(
+    sandbox: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _public_app(sandbox, tmp_path)
+    store = launch_store_of(app)
+    jwks_uri = store.discovery.openid_configuration(sandbox.fhir_base)["jwks_uri"]
+    store.discovery.forget(jwks_uri)
+    sandbox.inject_fault("500", method="GET", path=urlsplit(jwks_uri).path, count=2)
+    try:
+        page, logged = _logged_while(
+            caplog, lambda: _ehr_launch(app.test_client(), sandbox, "peds-cf")
+        )
+    finally:
+        sandbox.clear_faults()
+    assert page.status_code in (400, 502)
+    assert "Signing keys of the EHR (JWKS)" in _it_details(page.get_data(as_text=True))
+    assert "step=jwks" in logged
+
+
+def launch_store_of(app: Flask) -> Any:
+    from smartapp.session.current import launch_store
+
+    return launch_store(app)
+
+
 def test_a_state_older_than_state_ttl_seconds_is_refused(sandbox: Sandbox, tmp_path: Path) -> None:
     app = _public_app(sandbox, tmp_path, state_ttl_seconds=0)
     client = app.test_client()

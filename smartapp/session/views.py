@@ -84,7 +84,7 @@ def callback() -> ResponseReturnValue:
             # The refusal is the news; a stale or foreign state adds nothing for the user.
             with suppress(LaunchError):
                 store.take_pending(state, browser_binding(create=False))
-        raise _authorization_refused(error)
+        raise _authorization_refused(error, request.args.get("error_description", ""))
     context = store.complete(
         state=state, code=request.args.get("code", ""), binding=browser_binding(create=False)
     )
@@ -135,6 +135,7 @@ def _patient_name(patient: dict[str, Any]) -> str:
 
 _REFUSALS = {
     "access_denied": "Access to the EHR was declined, so PeerBridge cannot open this chart.",
+    "invalid_client": "The EHR did not recognise PeerBridge as a registered app.",
     "invalid_scope": "The EHR would not grant the access PeerBridge asks for.",
     "unauthorized_client": "The EHR does not allow PeerBridge to sign in this way.",
     "temporarily_unavailable": "The EHR's sign-in service is busy right now.",
@@ -142,16 +143,36 @@ _REFUSALS = {
 }
 
 
-def _authorization_refused(error: str) -> LaunchError:
-    code = error if error in _REFUSALS or error == "invalid_request" else "other"
+# The authorization endpoint's error codes (RFC 6749 §4.1.2.1, OpenID Connect §3.1.2.6) plus
+# `invalid_client`, which EHRs also send there; any other code is logged as the EHR sent it.
+_AUTHORIZE_ERRORS = frozenset(
+    {
+        *_REFUSALS,
+        "invalid_request",
+        "unsupported_response_type",
+        "login_required",
+        "consent_required",
+        "interaction_required",
+        "account_selection_required",
+    }
+)
+
+
+def _authorization_refused(error: str, description: str = "") -> LaunchError:
+    code = error if error in _AUTHORIZE_ERRORS else "other"
     text = _REFUSALS.get(error, "The EHR's sign-in service refused PeerBridge's request.")
-    return LaunchError(
+    refusal = LaunchError(
         f"{text} Please relaunch PeerBridge from the EHR; if it keeps happening, tell your IT "
         "team.",
-        f"authorization server returned error={code}",
+        "",
         status=400,
         kind=f"authorize_{code}",
+        step="authorize",
+        ehr_error=error,
+        ehr_description=description,
     )
+    refusal.log_message = f"authorization server returned error={refusal.ehr_error}"
+    return refusal
 
 
 def _allow_form_action(url: str) -> None:
@@ -163,7 +184,15 @@ def _allow_form_action(url: str) -> None:
 
 # -- error pages -------------------------------------------------------------------------------
 def _launch_error(exc: LaunchError) -> ResponseReturnValue:
-    log.warning("launch error %s: %s", exc.kind, exc.log_message, extra={"event": exc.kind})
+    log.warning(
+        "launch error %s: %s (step=%s ehr_error=%s ehr_error_description=%r)",
+        exc.kind,
+        exc.log_message,
+        exc.step or "-",
+        exc.ehr_error or "-",
+        exc.ehr_description,
+        extra={"event": exc.kind},
+    )
     body = render_template(
         "launch_error.html",
         title=_TITLES.get(exc.kind, "PeerBridge could not open"),
@@ -171,8 +200,30 @@ def _launch_error(exc: LaunchError) -> ResponseReturnValue:
         relaunch=exc.relaunch,
         cookie_help=exc.kind == "cookie_blocked",
         new_window_url=exc.retry_url,
+        it_details=_it_details(exc),
     )
     return body, exc.status
+
+
+_STEPS = {
+    "authorize": "Sign-in request (authorization endpoint)",
+    "token": "Token request (token endpoint)",
+    "jwks": "Signing keys of the EHR (JWKS)",
+    "discovery": "SMART configuration (.well-known)",
+    "id_token": "Checking who signed in (id_token)",
+}
+
+
+def _it_details(exc: LaunchError) -> list[tuple[str, str]]:
+    """What IT needs to tell a wrong secret from a wrong key or an unreachable JWKS URL."""
+    details = []
+    if exc.step:
+        details.append(("Step", _STEPS.get(exc.step, exc.step)))
+    if exc.ehr_error:
+        details.append(("EHR error", exc.ehr_error))
+    if exc.ehr_description:
+        details.append(("EHR's description", exc.ehr_description))
+    return details
 
 
 def _fhir_error(exc: FhirError) -> ResponseReturnValue:

@@ -124,6 +124,9 @@ class CdsClient:
     jwks_url: str
     # JWT `jku` header values accepted from this EHR; empty means only jwks_url itself.
     jku: tuple[str, ...] = ()
+    # FHIR bases this EHR may name as `fhirServer`; the `fhirAuthorization` token goes to no
+    # other server.
+    fhir_servers: tuple[str, ...] = ()
 
     @property
     def allowed_jkus(self) -> tuple[str, ...]:
@@ -330,6 +333,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                         iss=str(v["iss"]),
                         jwks_url=str(v["jwks_url"]),
                         jku=tuple(str(u) for u in v.get("jku", ())),
+                        fhir_servers=tuple(str(u).rstrip("/") for u in v.get("fhir_servers", ())),
                     )
                     for v in value
                 )
@@ -349,6 +353,12 @@ def _validate(s: Settings) -> None:
         # A trailing slash is allowed: the match is exact, and Medplum's iss carries one.
         if not base.startswith(("https://", "http://")):
             raise SettingsError(f"smart.iss_allowlist: {base!r} must be an absolute URL")
+    for client in s.cds.trusted_clients:
+        for server in client.fhir_servers:
+            if not server.startswith(("https://", "http://")):
+                raise SettingsError(
+                    f"cds.trusted_clients.fhir_servers: {server!r} must be an absolute URL"
+                )
     if s.smart.default_iss and s.smart.default_iss not in s.smart.iss_allowlist:
         raise SettingsError("smart.default_iss: must also be listed in smart.iss_allowlist")
     if s.app.public_url.endswith("/"):

@@ -78,6 +78,14 @@ def patient_facts(resource: Mapping[str, Any]) -> PatientFacts:
     patient_id = resource.get("id")
     if not isinstance(patient_id, str) or not patient_id:
         raise ChartError("the Patient has no id")
+    try:
+        return _patient_facts(resource, patient_id)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as exc:
+        # The readers above name the usual faults; an odder shape is still a clear error.
+        raise ChartError("the Patient record could not be read") from exc
+
+
+def _patient_facts(resource: Mapping[str, Any], patient_id: str) -> PatientFacts:
     language, language_display = _preferred_language(resource.get("communication"))
     gender = resource.get("gender")
     return PatientFacts(
@@ -354,8 +362,15 @@ def read_chart(
         "patient",
         required=True,
     )
-    related = tuple(f for f in map(related_person_facts, related_own) if f is not None)
+    related = tuple(f for f in map(_related_or_none, related_own) if f is not None)
     return Chart(patient, tuple(conditions), tuple(problems), related)
+
+
+def _related_or_none(resource: Mapping[str, Any]) -> RelatedPersonFacts | None:
+    try:
+        return related_person_facts(resource)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError):
+        return None  # an unreadable contact is left out; the social worker adds one by hand
 
 
 def chart_from_resources(
@@ -384,7 +399,7 @@ def chart_from_resources(
     related_own, _ = _split_by_subject(
         [dict(r) for r in items if r.get("resourceType") == "RelatedPerson"], patient.id, "patient"
     )
-    related = tuple(f for f in map(related_person_facts, related_own) if f is not None)
+    related = tuple(f for f in map(_related_or_none, related_own) if f is not None)
     return Chart(patient, tuple(conditions), tuple(problems), related)
 
 
@@ -397,6 +412,27 @@ def resources_in(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         for entry in _list(document.get("entry"))
         if isinstance(entry.get("resource"), Mapping)
     ]
+
+
+def own_resources(
+    resources: Iterable[Any], patient_id: str, element: str = "subject"
+) -> list[dict[str, Any]]:
+    """The resources (JSON objects) whose `element` does not name another patient."""
+    own, _ = _split_by_subject([r for r in resources if isinstance(r, dict)], patient_id, element)
+    return own
+
+
+def conditions_of(
+    resources: Iterable[Any], patient_id: str
+) -> tuple[list[CodedCondition], list[ResourceProblem]]:
+    """`coded_conditions` of the patient's own Conditions; another patient's are problems."""
+    own, foreign = _split_by_subject([r for r in resources if isinstance(r, dict)], patient_id)
+    conditions, problems = coded_conditions(own)
+    problems.extend(
+        ResourceProblem("Condition", str(r.get("id", "")), "belongs to another patient")
+        for r in foreign
+    )
+    return conditions, problems
 
 
 def _split_by_subject(

@@ -130,6 +130,8 @@ def loads_limited(data: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         value = json.loads(data)
     except RecursionError as exc:
         raise BadJson(f"JSON nested deeper than {max_depth} levels") from exc
+    except json.JSONDecodeError as exc:
+        raise BadJson(f"not JSON ({exc.msg} at line {exc.lineno})") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadJson("not JSON") from exc
     if json_depth(value, max_depth) > max_depth:

@@ -105,6 +105,8 @@ def cds_app(
 ) -> Flask:
     """A PeerBridge app at PUBLIC_URL that trusts EHR_ISS with the keys at `jwks_url`."""
     trusted: dict[str, Any] = {"iss": EHR_ISS, "jwks_url": jwks_url}
+    if fhir_base:
+        trusted["fhir_servers"] = [fhir_base]
     if jku:
         trusted["jku"] = list(jku)
     settings = load_settings(

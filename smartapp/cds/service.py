@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -20,7 +20,13 @@ from typing import Any
 from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select
 from sqlalchemy.engine import Engine
 
-from fhir_mappings.chart import ChartError, coded_conditions, patient_facts, read_chart
+from fhir_mappings.chart import (
+    ChartError,
+    conditions_of,
+    own_resources,
+    patient_facts,
+    read_chart,
+)
 from fhir_mappings.code_maps import CodeMap
 from fhir_mappings.domain import (
     SNOMED,
@@ -30,8 +36,9 @@ from fhir_mappings.domain import (
     ResourceProblem,
     Suggestion,
 )
-from fhir_mappings.fhir_client import FhirClient, FhirError
+from fhir_mappings.fhir_client import MAX_PAGES, FhirClient, FhirError
 from fhir_mappings.referral import REFERRAL_CODE, referral_view
+from launch.guarded_http import Deadline
 from smartapp.suggest.engine import Directory, suggest_programs
 
 SERVICE_ID = "peerbridge-peer-support"
@@ -45,6 +52,8 @@ PREFETCH = {
     ),
 }
 OPEN_REFERRAL = ("active", "draft")
+# FHIR R4 id: what a patientId may be before it goes into a URL.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # The EHR waits about 2 s for cards; a slow FHIR read must not hold the chart.
 FHIR_TIMEOUT_SECONDS = 2.0
 SHOWN_PROGRAMS = 3
@@ -92,6 +101,8 @@ class PatientViewRequest:
         patient_id, user_id = context.get("patientId"), context.get("userId")
         if not isinstance(patient_id, str) or not patient_id:
             raise CdsRequestError("context.patientId is required")
+        if not _FHIR_ID.fullmatch(patient_id):
+            raise CdsRequestError("context.patientId must be a FHIR id")
         if not isinstance(user_id, str) or not user_id:
             raise CdsRequestError("context.userId is required")
         fhir_server = body.get("fhirServer") or ""
@@ -132,8 +143,10 @@ class PatientViewService:
         source_url: str = "",
         page_size: int = 100,
         fhir_timeout: float = FHIR_TIMEOUT_SECONDS,
+        max_pages: int = MAX_PAGES,
         today: Callable[[], date] = date.today,
     ) -> None:
+        self.max_pages = max_pages
         self.launch_url = launch_url
         self.identifier_system = identifier_system
         self.directory = directory
@@ -159,9 +172,10 @@ class PatientViewService:
             ),
         }
 
-    def cards(self, body: object) -> list[dict[str, Any]]:
-        """The cards for one patient-view call: none or one."""
-        chart = self.chart(PatientViewRequest.parse(body))
+    def cards(self, body: object, *, fhir_servers: Collection[str] = ()) -> list[dict[str, Any]]:
+        """The cards for one patient-view call: none or one. `fhir_servers` are the FHIR bases
+        registered for the calling EHR: the only ones its `fhirAuthorization` token is sent to."""
+        chart = self.chart(PatientViewRequest.parse(body), fhir_servers=fhir_servers)
         if chart.has_open_referral or chart.patient.deceased:
             return []
         result = suggest_programs(
@@ -179,13 +193,13 @@ class PatientViewService:
         return [self.card(result.suggestions)]
 
     # -- data ---------------------------------------------------------------------------------
-    def chart(self, req: PatientViewRequest) -> ChartData:
+    def chart(self, req: PatientViewRequest, *, fhir_servers: Collection[str] = ()) -> ChartData:
         patient_res = _usable_resource(req.prefetch.get("patient"), "Patient", req.patient_id)
         condition_res = _complete_bundle(req.prefetch.get("conditions"))
         referral_res = _complete_bundle(req.prefetch.get("referrals"))
         client: FhirClient | None = None
         if patient_res is None or condition_res is None or referral_res is None:
-            client = self._client(req)
+            client = self._client(req, fhir_servers)
         try:
             if client is not None and (patient_res is None or condition_res is None):
                 chart = read_chart(
@@ -195,7 +209,8 @@ class PatientViewService:
             else:
                 assert patient_res is not None and condition_res is not None
                 patient = patient_facts(patient_res)
-                found, found_problems = coded_conditions(condition_res)
+                # Prefetch may hold another patient's Conditions: they are not this chart's.
+                found, found_problems = conditions_of(condition_res, req.patient_id)
                 conditions, problems = tuple(found), tuple(found_problems)
             if client is not None and referral_res is None:
                 referral_res = list(
@@ -211,13 +226,23 @@ class PatientViewService:
                 )
         except (FhirError, ChartError) as exc:
             raise DataUnavailable(f"FHIR read failed ({type(exc).__name__})") from exc
-        return ChartData(patient, conditions, problems, self._has_open_referral(referral_res or []))
+        referrals = own_resources(referral_res or [], req.patient_id)
+        return ChartData(patient, conditions, problems, self._has_open_referral(referrals))
 
-    def _client(self, req: PatientViewRequest) -> FhirClient:
+    def _client(self, req: PatientViewRequest, fhir_servers: Collection[str]) -> FhirClient:
         if not req.fhir_server or not req.access_token:
             raise DataUnavailable("prefetch is incomplete and no fhirAuthorization was sent")
+        if req.fhir_server not in {s.rstrip("/") for s in fhir_servers}:
+            # The token is the EHR's; it goes to no server the EHR was not registered with.
+            raise DataUnavailable("fhirServer is not a FHIR base registered for this client")
         token = req.access_token
-        return FhirClient(req.fhir_server, token=lambda: token, timeout=self.fhir_timeout)
+        return FhirClient(
+            req.fhir_server,
+            token=lambda: token,
+            timeout=self.fhir_timeout,
+            deadline=Deadline.after(self.fhir_timeout * 2),
+            max_pages=self.max_pages,
+        )
 
     def _has_open_referral(self, service_requests: Sequence[Mapping[str, Any]]) -> bool:
         for sr in service_requests:
@@ -279,16 +304,22 @@ def _complete_bundle(value: object) -> list[dict[str, Any]] | None:
     """The Bundle's resources, or None when it is missing, not a Bundle or has more pages."""
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
         return None
-    if any(link.get("relation") == "next" for link in value.get("link", [])):
+    links, entries = value.get("link") or [], value.get("entry") or []
+    if not isinstance(links, list) or not isinstance(entries, list):
+        return None  # not a Bundle PeerBridge can read: read the data instead
+    if any(isinstance(link, dict) and link.get("relation") == "next" for link in links):
         return None  # only the first page was prefetched
-    entries = value.get("entry", [])
     return [
         e["resource"]
         for e in entries
         if isinstance(e, dict)
         and isinstance(e.get("resource"), dict)
-        and e.get("search", {}).get("mode", "match") == "match"
+        and _search_mode(e.get("search")) == "match"
     ]
+
+
+def _search_mode(search: object) -> object:
+    return search.get("mode", "match") if isinstance(search, dict) else "match"
 
 
 def _escape(text: str) -> str:

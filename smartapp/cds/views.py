@@ -15,6 +15,7 @@ from sqlalchemy import create_engine
 
 from config import Settings
 from fhir_mappings.code_maps import CodeMap
+from launch.guarded_http import BadJson, loads_limited
 from smartapp.cds.auth import CdsAuthError, CdsJwtVerifier, JtiStore, JwksCache, VerifiedCall
 from smartapp.cds.service import (
     FHIR_TIMEOUT_SECONDS,
@@ -55,6 +56,7 @@ def init_app(app: Flask, settings: Settings) -> None:
             source_url=settings.app.public_url,
             page_size=settings.fhir.page_size,
             fhir_timeout=min(settings.fhir.timeout_seconds, FHIR_TIMEOUT_SECONDS),
+            max_pages=settings.fhir.max_pages,
         ),
         feedback=FeedbackStore(engine),
     )
@@ -84,7 +86,13 @@ def _service(endpoints: CdsEndpoints, service_id: str) -> PatientViewService:
 
 
 def _json_body() -> object:
-    return request.get_json(silent=True) if request.is_json else None
+    # Depth-limited: a validly signed request nested a thousand levels is a 400, not a 500.
+    if not request.is_json:
+        return None
+    try:
+        return loads_limited(request.get_data())
+    except BadJson:
+        return None
 
 
 @bp.get("/cds-services")
@@ -100,8 +108,9 @@ def patient_view(service_id: str) -> tuple[Response, int]:
     call = _authenticate(endpoints)
     service = _service(endpoints, service_id)
     body = _json_body()
+    fhir_servers = endpoints.verifier.trusted[call.iss].fhir_servers
     try:
-        cards = service.cards(body)
+        cards = service.cards(body, fhir_servers=fhir_servers)
     except CdsRequestError as exc:
         return jsonify({"error": str(exc)}), 400
     except DataUnavailable as exc:

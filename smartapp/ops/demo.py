@@ -85,7 +85,13 @@ def demo_wiring(
         "PEERBRIDGE_SMART_ISS_ALLOWLIST": json.dumps([f"{ehr}/fhir"]),
         "PEERBRIDGE_SMART_DEFAULT_ISS": f"{ehr}/fhir",
         "PEERBRIDGE_CDS_TRUSTED_CLIENTS": json.dumps(
-            [{"iss": ehr, "jwks_url": f"{ehr}/.well-known/cds-jwks.json"}]
+            [
+                {
+                    "iss": ehr,
+                    "jwks_url": f"{ehr}/.well-known/cds-jwks.json",
+                    "fhir_servers": [f"{ehr}/fhir"],
+                }
+            ]
         ),
         # The Family Partner Program's workspace, with the dev EHR's program staff.
         "PEERBRIDGE_WORKSPACE_ENABLED": "true",

@@ -26,6 +26,7 @@ from fhir_mappings.domain import (
     SuggestionResult,
 )
 from fhir_mappings.fhir_client import FhirClient, FhirError
+from launch.guarded_http import BadJson, loads_limited
 
 SCHEMA = "peerbridge.suggest/1"
 BUNDLE_TYPES = ("searchset", "collection")
@@ -116,15 +117,15 @@ def read_bundle_file(path: Path, patient_id: str | None = None) -> Chart:
     reported as problems by the chart reader.
     """
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = loads_limited(path.read_text(encoding="utf-8"))
+    except BadJson as exc:
+        raise InputError(f"{path}: {exc}") from exc
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such file") from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not JSON (not UTF-8 text)") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         found = document.get("resourceType") if isinstance(document, dict) else None
         what = f"a {found}" if isinstance(found, str) else "no resourceType"

@@ -42,7 +42,7 @@ from smartapp.suggest.views import Filters, patient_page  # noqa: E402
 
 SEED = ROOT / "ehr_sandbox" / "seed"
 PATIENT_ID = "adult-many-conditions"
-BASE = "http://ehr.bench/fhir"
+BASE = "https://ehr.bench/fhir"  # the guarded layer refuses plain http off loopback
 CONDITIONS = 150
 
 
@@ -139,7 +139,7 @@ def render_times(runs: int) -> tuple[list[float], int, int]:
         app = create_app(_settings(Path(tmp), BASE))
         adapter = InMemoryFhir(patient, conditions)
         session = requests.Session()
-        session.mount("http://ehr.bench/", adapter)
+        session.mount("https://ehr.bench/", adapter)
         client = FhirClient(BASE, token=lambda: "bench", session=session)
         ctx = LaunchContext(
             handle="bench",

@@ -22,6 +22,7 @@ from fhir_mappings.fhir_client import FhirClient, FhirError
 from launch.authorize import build_authorization
 from launch.discovery import SMART_PATH, Discovery, SmartConfiguration
 from launch.errors import LaunchError
+from launch.guarded_http import guarded_session
 from launch.scopes import requested_scopes
 
 PASS, WARN, FAIL = "pass", "warn", "FAIL"
@@ -59,7 +60,7 @@ def check_settings(
     settings: Settings, *, http: requests.Session | None = None
 ) -> list[CheckResult]:
     """Every check for the configured app URLs and each allow-listed EHR."""
-    http = http or requests.Session()
+    http = http or guarded_session()  # deadlines enforced by the guarded layer's watchdog
     results = check_app_urls(settings)
     if not settings.smart.iss_allowlist:
         results.append(

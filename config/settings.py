@@ -93,8 +93,13 @@ class ReferralSettings:
     initial_status: str = "draft"
     followup_days: int = 14
     identifier_system: str = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
-    max_attempts: int = 8
+    retry_hours: float = 24.0
     retry_base_seconds: float = 2.0
+    retry_max_delay_seconds: float = 60.0
+    lease_seconds: float = 30.0
+    drain_interval_seconds: float = 2.0
+    stuck_after_minutes: float = 5.0
+    retention_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -379,6 +384,17 @@ def _validate(s: Settings) -> None:
         raise SettingsError("workspace.check_days: must be between 7 and 14 (one to two weeks)")
     if s.workspace.reminder_days <= s.workspace.check_days:
         raise SettingsError("workspace.reminder_days: must come after workspace.check_days")
+    r = s.referrals
+    if r.retry_hours < 24:
+        raise SettingsError("referrals.retry_hours: must be at least 24 (an outage can last a day)")
+    if not 0 <= r.retry_base_seconds <= r.retry_max_delay_seconds:
+        raise SettingsError("referrals.retry_base_seconds: must be between 0 and retry_max_delay")
+    if not 1 <= r.lease_seconds <= 600:
+        raise SettingsError("referrals.lease_seconds: must be between 1 and 600")
+    if not 0.05 <= r.drain_interval_seconds <= 60:
+        raise SettingsError("referrals.drain_interval_seconds: must be between 0.05 and 60")
+    if r.retention_days < 0:
+        raise SettingsError("referrals.retention_days: must be 0 (keep) or more")
     if s.fhir.page_size < 1:
         raise SettingsError("fhir.page_size: must be positive")
     for key in ("timeout_seconds", "page_deadline_seconds", "max_pages", "max_response_mb"):

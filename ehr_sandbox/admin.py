@@ -13,7 +13,17 @@ from ehr_sandbox.state import ClientError, Fault, state
 from ehr_sandbox.tokens import mint
 
 bp = Blueprint("admin", __name__, url_prefix="/_admin")
-FAULT_KINDS = ("timeout", "500", "503", "reset", "401")
+# `*-after`: the request is processed (and committed) first, then its answer is lost.
+FAULT_KINDS = (
+    "timeout",
+    "500",
+    "503",
+    "reset",
+    "401",
+    "reset-after",
+    "500-after",
+    "timeout-after",
+)
 
 
 class AdminError(ValueError):

@@ -56,6 +56,9 @@ def create_app(current: SandboxState) -> Flask:
         if fault is None:
             return None
         g.fault = fault.kind
+        if fault.kind.endswith("-after"):
+            g.fault_delay = fault.delay
+            return None  # processed for real; `record` loses the answer
         if fault.kind == "reset":
             _drop_connection()
             return Response(status=500)
@@ -67,12 +70,25 @@ def create_app(current: SandboxState) -> Flask:
 
     @app.after_request
     def record(response: Response) -> Response:
+        after = str(g.get("fault", "")) if str(g.get("fault", "")).endswith("-after") else ""
+        if after:
+            committed = response.status_code
+            if after == "reset-after":
+                _drop_connection()
+            elif after == "timeout-after":
+                time.sleep(float(g.get("fault_delay", 0.0)))
+            response = fhir_api.problem_response(
+                FhirProblem(
+                    504 if after == "timeout-after" else 500,
+                    f"Injected fault after the request was processed ({committed})",
+                )
+            )
         if not request.path.startswith(("/_admin", "/static")):
             entry = {
                 "method": request.method,
                 "path": request.path,
                 "query": redacted_query(request.query_string.decode("latin-1")),
-                "status": 0 if g.get("fault") == "reset" else response.status_code,
+                "status": 0 if g.get("fault") in ("reset", "reset-after") else response.status_code,
             }
             with current.lock:
                 current.request_log.append(entry)

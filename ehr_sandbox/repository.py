@@ -344,7 +344,7 @@ class Repository:
             raise FhirProblem(
                 400, "PUT needs Type/id in request.url and the same id in the resource"
             )
-        return self._update(writer, resource, access)
+        return self._update(writer, resource, access, entry.if_match)
 
     def _prepare_entry(self, index: int, raw: Any) -> Entry:
         where = f"Bundle.entry[{index}]"
@@ -360,6 +360,7 @@ class Repository:
             str(raw.get("fullUrl", "")),
             raw.get("resource"),
             str(request.get("ifNoneExist", "")),
+            str(request.get("ifMatch", "")),
         )
         with entry.blame():
             if method not in ("POST", "PUT"):
@@ -379,6 +380,7 @@ class Entry:
     full_url: str
     resource: Any
     if_none_exist: str
+    if_match: str = ""  # request.ifMatch: a PUT only when the version is still this one
     new_id: str = ""
     matched: Resource | None = None
 

@@ -440,9 +440,18 @@ def _post(resource: Resource, full_url: str, if_none_exist: str) -> Resource:
     }
 
 
-def _put(resource: Resource) -> Resource:
+def _put(resource: Resource, version: str = "") -> Resource:
+    """An update; with `version` (the one the user saw) the EHR refuses it (412) when the
+    resource changed since."""
     ref = f"{resource['resourceType']}/{resource['id']}"
-    return {"resource": resource, "request": {"method": "PUT", "url": ref}}
+    request = {"method": "PUT", "url": ref}
+    if version:
+        request["ifMatch"] = f'W/"{version}"'
+    return {"resource": resource, "request": request}
+
+
+def version_of(resource: Resource | None) -> str:
+    return str(((resource or {}).get("meta") or {}).get("versionId", ""))
 
 
 def _provenance_entry(
@@ -476,13 +485,16 @@ def referral_transaction(
     task_state: TaskState | None = None,
     replaced_task: Resource | None = None,
     replaced_request: Resource | None = None,
+    versions: dict[str, str] | None = None,
 ) -> Resource:
     """The transaction creating one referral: ServiceRequest, Task, Provenance (+ Consent, Device).
 
     Each create has `ifNoneExist` (identifiers; the Provenance by target + recorded), so a retry
     of the very same Bundle matches what the first try wrote. For a new match, the old
-    ServiceRequest and Task (already changed by the caller) ride along as PUTs.
+    ServiceRequest and Task (already changed by the caller) ride along as PUTs, with `ifMatch`
+    from `versions` as in `update_transaction`.
     """
+    versions = versions or {}
     entries, device_ref = _device_entries(with_device)
     sr_url, task_url = _urn(), _urn()
     consent_url = ""
@@ -509,9 +521,9 @@ def referral_transaction(
     )
     entries.append(_post(task, task_url, _ident_query(identifier_system, referral.identifier)))
     if replaced_request is not None:
-        entries.append(_put(replaced_request))
+        entries.append(_put(replaced_request, versions.get("ServiceRequest", "")))
     if replaced_task is not None:
-        entries.append(_put(replaced_task))
+        entries.append(_put(replaced_task, versions.get("Task", "")))
     entries.append(
         _provenance_entry(
             [sr_url, task_url], referral.authored_on, referral.requester, device_ref, "CREATE"
@@ -529,16 +541,21 @@ def update_transaction(
     with_device: bool = True,
     consent: Resource | None = None,
     consent_query: str = "",
+    versions: dict[str, str] | None = None,
 ) -> Resource:
-    """PUT the changed ServiceRequest and Task, plus a Provenance (and Consent when recorded)."""
+    """PUT the changed ServiceRequest and Task, plus a Provenance (and Consent when recorded).
+
+    `versions` ({"ServiceRequest": "3", "Task": "5"}) are the versions the user saw: the PUTs
+    carry them as `ifMatch`, so a change someone else made meanwhile is never overwritten."""
+    versions = versions or {}
     entries, device_ref = _device_entries(with_device)
     sr = copy.deepcopy(service_request_resource)
     if consent is not None:
         consent_url = _urn()
         entries.append(_post(consent, consent_url, consent_query))
         sr["supportingInfo"] = [{"reference": consent_url, "display": "Family consent"}]
-    entries.append(_put(sr))
-    entries.append(_put(task))
+    entries.append(_put(sr, versions.get("ServiceRequest", "")))
+    entries.append(_put(task, versions.get("Task", "")))
     targets = [f"Task/{task['id']}", f"ServiceRequest/{sr['id']}"]
     entries.append(_provenance_entry(targets, recorded, author, device_ref, "UPDATE"))
     return _transaction(entries)
@@ -654,7 +671,7 @@ def _send_stepwise(
         request = entry["request"]
         resource = _resolve(entry["resource"], mapping)
         if request["method"] == "PUT":
-            written = client.update(resource)
+            written = client.update(resource, if_match=request.get("ifMatch") or None)
             results.append(
                 {"resource": written.resource or resource, "response": {"status": "200 OK"}}
             )
@@ -672,6 +689,41 @@ def _send_stepwise(
         mapping[entry["fullUrl"]] = f"{rtype}/{saved['id']}"
         results.append({"resource": saved, "response": {"status": status}})
     return results
+
+
+def finish_after_conflict(client: FhirClient, bundle: Resource) -> Resource | None:
+    """After a 412 on `ifMatch`: when the EHR already holds every change this Bundle PUTs (an
+    earlier try was written but its answer lost), the same Bundle with `ifMatch` set to the
+    versions now current, so sending it finishes idempotently; None when the EHR holds someone
+    else's change (a real conflict)."""
+    result = copy.deepcopy(bundle)
+    for entry in result.get("entry", []):
+        request = entry.get("request") or {}
+        if request.get("method") != "PUT" or not request.get("ifMatch"):
+            continue
+        rtype, rid = str(request["url"]).split("?")[0].split("/")[:2]
+        current = client.read(rtype, rid)
+        if not _holds(current, entry["resource"]):
+            return None
+        request["ifMatch"] = f'W/"{version_of(current)}"'
+    return result
+
+
+def _holds(current: Any, ours: Any) -> bool:
+    """The server's copy carries what we wrote (it may add meta/text and resolve urn:uuid)."""
+    if isinstance(ours, str) and ours.startswith("urn:uuid:"):
+        return True
+    if isinstance(ours, dict):
+        return isinstance(current, dict) and all(
+            _holds(current.get(k), v) for k, v in ours.items() if k not in ("meta", "text")
+        )
+    if isinstance(ours, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(ours)
+            and all(_holds(c, o) for c, o in zip(current, ours, strict=True))
+        )
+    return bool(current == ours)
 
 
 def _resolve(value: Any, mapping: dict[str, str]) -> Any:
@@ -751,6 +803,8 @@ class ReferralView:
     condition_ids: tuple[str, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
     performer: str = ""
+    sr_version: str = ""  # meta.versionId, what an update's ifMatch is checked against
+    task_version: str = ""
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def is_overdue(self, today: date) -> bool:
@@ -841,6 +895,8 @@ def referral_view(
         ),
         history=history,
         performer=str((sr.get("performer") or [{}])[0].get("reference", "")),
+        sr_version=version_of(sr),
+        task_version=version_of(task),
     )
 
 

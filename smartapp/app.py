@@ -8,7 +8,7 @@ from config import Settings, load_settings, require_serving
 from smartapp import security
 from smartapp.cds import views as cds
 from smartapp.directory import store as program_directory
-from smartapp.ops import health, observability
+from smartapp.ops import health, observability, storage_errors
 from smartapp.ops.files import private_database, private_dir
 from smartapp.referrals import views as referrals
 from smartapp.referrals import worklist
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
         workspace,
     ):
         feature.init_app(app, settings)
+    storage_errors.init_app(app)  # last: wraps the session interface the features set up
     return app
 
 

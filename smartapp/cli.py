@@ -90,6 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = sub.add_parser("check", help="check a target EHR against PeerBridge's needs")
     check.add_argument("--profile", default=None)
 
+    outbox = sub.add_parser("outbox", help="send or inspect referrals waiting for the EHR")
+    osub = outbox.add_subparsers(dest="outbox_command", required=True)
+    drain = osub.add_parser("drain", help="send every referral that is due now (for cron)")
+    drain.add_argument("--limit", type=positive_int, default=50, help="rows per pass")
+    drain.add_argument("--max-passes", type=positive_int, default=20)
+    drain.add_argument("--max-seconds", type=float, default=120.0)
+    status = osub.add_parser("status", help="counts by state, oldest unsent, stuck")
+    status.add_argument(
+        "--fail-if-stuck", action="store_true", help="exit 1 when anything is stuck or unsent"
+    )
+
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -112,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from smartapp.directory.command import run_directory
 
             return run_directory(args)
+        if args.command == "outbox":
+            from smartapp.referrals.command import run_outbox
+
+            return run_outbox(args)
         if args.command == "check":
             from smartapp.ops.check import run_check
 

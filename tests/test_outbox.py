@@ -96,12 +96,13 @@ def make_client(sandbox: FhirServer, *, refresh: bool = True, **kwargs: Any) -> 
 
 
 def make_service(tmp_path: Path, clock: Clock, **settings: Any) -> ReferralService:
-    values = {"retry_base_seconds": 2.0, "max_attempts": 5, **settings}
+    values = {"retry_base_seconds": 2.0, **settings}
     referral_settings = ReferralSettings(**values)
     outbox = Outbox(
         f"sqlite:///{tmp_path / 'outbox.sqlite3'}",
-        max_attempts=referral_settings.max_attempts,
+        retry_hours=referral_settings.retry_hours,
         retry_base_seconds=referral_settings.retry_base_seconds,
+        retry_max_delay_seconds=referral_settings.retry_max_delay_seconds,
         clock=clock,
     )
     return ReferralService(outbox, referral_settings)
@@ -190,13 +191,14 @@ def test_a_write_whose_answer_was_lost_is_matched_not_duplicated_on_retry(
     assert_exactly_one(client, identifier)
 
 
-def test_backoff_doubles_and_gives_up_plainly_after_max_attempts(
+def test_backoff_doubles_up_to_its_cap_and_gives_up_only_after_the_retry_window(
     sandbox: Sandbox, tmp_path: Path, clock: Clock
 ) -> None:
+    """Issue #15: with the old defaults (8 tries), an outage over ~4 minutes lost referrals."""
     client = make_client(sandbox)
-    service = make_service(tmp_path, clock, max_attempts=3)
+    service = make_service(tmp_path, clock)
     identifier = str(uuid.uuid4())
-    sandbox.inject_fault("500", method="POST", path="/fhir", count=10)
+    sandbox.inject_fault("500", method="POST", path="/fhir", count=1000)
     propose(service, client, identifier)
     key = f"{identifier}:create"
     first = service.outbox.get(key)
@@ -207,12 +209,50 @@ def test_backoff_doubles_and_gives_up_plainly_after_max_attempts(
     second = service.outbox.get(key)
     assert second is not None and second.attempts == 2
     assert second.next_attempt_at == clock.now + 4.0
-    clock.now += 4.0
+    # Keep failing for just under 24 hours: it stays pending, never more than 60 s apart.
+    started = first.created_at
+    delays = []
+    while clock.now - started < 24 * 3600 - 120:
+        entry = service.outbox.get(key)
+        assert entry is not None and entry.status == PENDING, entry.last_error
+        delays.append(entry.next_attempt_at - clock.now)
+        clock.now = entry.next_attempt_at
+        if entry.attempts < 12:  # a few real sends; then no EHR call is needed to count time
+            service.outbox.drain(lambda handle: client)
+        else:
+            service.outbox._retry(entry, entry.attempts + 1, "HTTP 500")
+    assert max(delays) == 60.0
+    clock.now = started + 24 * 3600
+    sandbox.clear_faults()
+    sandbox.inject_fault("503", method="POST", path="/fhir", count=1)
     service.outbox.drain(lambda handle: client)
     last = service.outbox.get(key)
-    assert last is not None and last.status == FAILED and last.attempts == 3
-    assert "did not answer after 3 tries" in last.last_error
+    assert last is not None and last.status == FAILED
+    assert "did not take this referral for 24 hours" in last.last_error
     assert in_ehr(client, "ServiceRequest", identifier) == 0
+
+
+def test_a_four_minute_outage_with_default_settings_loses_nothing(
+    sandbox: Sandbox, tmp_path: Path, clock: Clock
+) -> None:
+    client = make_client(sandbox)
+    service = make_service(tmp_path, clock)
+    identifiers = [str(uuid.uuid4()) for _ in range(3)]
+    sandbox.inject_fault("503", method="*", path="/fhir", count=10_000)
+    for identifier in identifiers:
+        assert propose(service, client, identifier) == "pending"
+    outage_ends = clock.now + 600  # ten minutes down
+    while clock.now < outage_ends:
+        clock.now += 2.0
+        service.outbox.drain(lambda handle: client)
+    sandbox.clear_faults()
+    back = clock.now
+    while service.outbox.counts().get(PENDING) and clock.now < back + 120:
+        clock.now += 2.0
+        service.outbox.drain(lambda handle: client)
+    assert service.outbox.counts() == {CONFIRMED: 3}  # within 2 minutes of the EHR's return
+    for identifier in identifiers:
+        assert_exactly_one(client, identifier)
 
 
 def test_an_expired_token_is_refreshed_and_the_write_goes_through_once(
@@ -249,7 +289,7 @@ def test_a_401_that_refresh_cannot_fix_waits_for_a_relaunch_and_is_then_sent(
     assert propose(service, stale, identifier) == "waiting-auth"
     entry = service.outbox.get(f"{identifier}:create")
     assert entry is not None and entry.status == WAITING_AUTH
-    assert "open PeerBridge from the EHR again" in entry.last_error
+    assert "opens PeerBridge from the EHR again" in entry.last_error
     assert service.outbox.drain(lambda handle: stale) == 0  # kept, not retried blindly
 
     fresh = make_client(sandbox)
@@ -409,7 +449,7 @@ def test_a_storm_of_faults_ends_with_one_referral_per_submission(
     fhir_server: FhirServer, tmp_path: Path, clock: Clock
 ) -> None:
     client = make_client(fhir_server, timeout=0.8)
-    service = make_service(tmp_path, clock, max_attempts=8)
+    service = make_service(tmp_path, clock)
     kinds = ["500", "503", "reset", "401", "timeout"]
     identifiers = []
     for index in range(10):

@@ -207,6 +207,7 @@ def test_the_social_worker_completes_a_draft_and_records_a_new_match(
         f"/l/{sw}/referrals/{identifier}/complete",
         data={
             "csrf_token": csrf_of(page),
+            "action_id": hidden(page, "action_id"),
             "contact_preference": "phone",
             "contact_person": f"Patient/{PATIENT}",
         },
@@ -217,6 +218,9 @@ def test_the_social_worker_completes_a_draft_and_records_a_new_match(
         f"/l/{sw}/referrals/{identifier}/complete",
         data={
             "csrf_token": csrf_of(page),
+            "action_id": hidden(page, "action_id"),
+            "sr_version": hidden(page, "sr_version"),
+            "task_version": hidden(page, "task_version"),
             "consent_given": "y",
             "consent_by": "Maria Lopez, mother",
             "consent_on": "2026-03-02",

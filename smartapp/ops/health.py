@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
@@ -42,6 +43,9 @@ def readyz() -> ResponseReturnValue:
         "session_store": _run(lambda: _session_store(app, settings)),
         "directory": _run(lambda: _directory(app)),
     }
+    outbox = _outbox(app)
+    if outbox is not None:
+        checks["outbox"] = _run(lambda: _outbox_health(outbox, settings))
     ready = all(c["ok"] for c in checks.values())
     response = jsonify(status="ready" if ready else "not ready", checks=checks)
     response.status_code = 200 if ready else 503
@@ -49,9 +53,12 @@ def readyz() -> ResponseReturnValue:
     return response
 
 
-def _run(check: Callable[[], str]) -> dict[str, object]:
+def _run(check: Callable[[], object]) -> dict[str, object]:
     try:
-        return {"ok": True, "backend": check()}
+        found = check()
+        if isinstance(found, dict):
+            return {"ok": True, **found}
+        return {"ok": True, "backend": found}
     # Any failure at all means "not ready"; the probe must answer 503, never a 500 page.
     except Exception as exc:
         log.warning("readiness check failed: %s", type(exc).__name__, extra={"event": "readyz"})
@@ -59,10 +66,26 @@ def _run(check: Callable[[], str]) -> dict[str, object]:
 
 
 def _database(app: Flask, settings: Settings) -> str:
+    outbox = _outbox(app)
+    if outbox is not None:
+        outbox.probe_write()  # a full or read-only disk still answers SELECT 1
+        return str(outbox.engine.dialect.name)
     engine = _engine(app, settings)
     with engine.connect() as connection:
         connection.execute(text("SELECT 1")).scalar_one()
     return engine.dialect.name
+
+
+def _outbox(app: Flask) -> Any:
+    service = app.extensions.get(_OUTBOX_SERVICE)
+    return getattr(service, "outbox", None)
+
+
+def _outbox_health(outbox: Any, settings: Settings) -> dict[str, object]:
+    """Referrals not sent yet, so IT sees stuck ones (they do not make the app unready)."""
+    health = outbox.health(stuck_after_seconds=settings.referrals.stuck_after_minutes * 60)
+    details: dict[str, object] = health.as_dict()
+    return details
 
 
 def _engine(app: Flask, settings: Settings) -> Engine:

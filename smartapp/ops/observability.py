@@ -43,8 +43,14 @@ class JsonFormatter(logging.Formatter):
         for key in ("request_id", "route", "status", "duration_ms", "event"):
             if hasattr(record, key):
                 entry[key] = getattr(record, key)
+        for key in ("outbox_id", "action", "attempts", "delay_seconds"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = record.exc_info[0].__name__
+            # IT needs the traceback; masked like messages (statement parameters are hidden
+            # by the engines, so no PHI).
+            entry["traceback"] = _SECRETISH.sub("[redacted]", self.formatException(record.exc_info))
         return json.dumps(entry)
 
 

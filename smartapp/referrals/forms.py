@@ -53,7 +53,20 @@ class ProposeForm(FlaskForm):  # type: ignore[misc]
     )
 
 
-class CompleteForm(FlaskForm):  # type: ignore[misc]
+class SeenVersions:
+    """The EHR versions the user saw when the form was rendered (checked again at the write)."""
+
+    sr_version = HiddenField(validators=[Optional(), Length(max=64)])
+    task_version = HiddenField(validators=[Optional(), Length(max=64)])
+
+    def seen(self) -> dict[str, str]:
+        found = {"ServiceRequest": self.sr_version.data or "", "Task": self.task_version.data or ""}
+        return {k: v for k, v in found.items() if v}
+
+
+class CompleteForm(SeenVersions, FlaskForm):  # type: ignore[misc]
+    # Minted with the form: a double click is one completion, another tab's is another.
+    action_id = HiddenField(validators=[DataRequired(), UUID()])
     consent_given = BooleanField("The family agreed that PeerBridge shares this referral")
     consent_by = StringField(
         "Who gave consent (name and relationship)", validators=[Optional(), Length(max=200)]
@@ -84,7 +97,7 @@ class CompleteForm(FlaskForm):  # type: ignore[misc]
         return valid
 
 
-class OutcomeForm(FlaskForm):  # type: ignore[misc]
+class OutcomeForm(SeenVersions, FlaskForm):  # type: ignore[misc]
     action_id = HiddenField(validators=[DataRequired(), UUID()])
     new_identifier = HiddenField(validators=[DataRequired(), UUID()])
     outcome = RadioField("Outcome", choices=OUTCOME_CHOICES, validators=[DataRequired()])

@@ -2,22 +2,36 @@
 until the EHR confirms it, so a referral is never lost and never written twice.
 
 A row holds one ready FHIR Bundle (see `fhir_mappings.referral`): its creates carry `ifNoneExist`
-and its updates are PUTs, so sending a row again is harmless. Rows move
-pending -> confirmed, or pending -> failed (a 4xx other than 401/408/429, or max_attempts used
-up), or pending -> waiting-auth (a 401 the token refresh could not fix; it resumes when the user
-launches again). Several app instances share the table safely: a sender first claims a row with
-`UPDATE ... WHERE status = 'pending' AND claimed_until < now`, and only the one whose UPDATE hit
-the row sends it. Plain SQLAlchemy Core, so SQLite and PostgreSQL both work.
+and its updates are PUTs with `ifMatch` (the version the user saw), so sending a row again is
+harmless. Rows move:
+
+- pending -> confirmed;
+- pending -> pending (a transient failure: timeout, dropped connection, 5xx, 408, 429, an
+  unreadable answer, the database or session store briefly down), retried with capped
+  exponential backoff for `retry_hours` since the row was stored; only then failed;
+- pending -> failed (a permanent refusal: a 4xx other than 401/408/412/429);
+- pending -> conflict (412 on `ifMatch`: someone changed the referral since the user saw it;
+  the EHR keeps their version, the user reviews and tries again);
+- pending -> waiting-auth (the row's launch is gone, or the EHR refuses its token and no refresh
+  is possible) -> pending under the next launch of the same user and patient.
+
+Several senders (gunicorn workers, app instances, `peerbridge outbox drain`) share the table: a
+sender claims a row with `UPDATE ... WHERE status = 'pending' AND claimed_until < now` and only the
+one whose UPDATE hit the row sends it. The claim is a short lease renewed by a heartbeat while the
+send runs, so a killed worker's row is free again within `lease_seconds`. Plain SQLAlchemy Core
+(SQLite and PostgreSQL); the engine hides statement parameters, which hold PHI, from errors.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,22 +44,23 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    func,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import Engine, RowMapping
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from fhir_mappings.fhir_client import FhirAuthError, FhirClient, FhirError, FhirUnavailable
-from fhir_mappings.referral import WriteResult, send_bundle
+from fhir_mappings.referral import WriteResult, finish_after_conflict, send_bundle
 
 log = logging.getLogger(__name__)
 
 PENDING, CONFIRMED, FAILED, WAITING_AUTH = "pending", "confirmed", "failed", "waiting-auth"
-LEASE_SECONDS = 120.0  # longer than any one send (FHIR timeout x a few calls)
-MAX_DELAY_SECONDS = 3600.0
+CONFLICT = "conflict"
 RETRYABLE_4XX = (408, 429)
+STRIPPED = "{}"  # the bundle of a confirmed row after retention removed its patient data
 
 metadata = MetaData()
 outbox_table = Table(
@@ -74,6 +89,16 @@ outbox_table = Table(
 )
 
 
+# One row, rewritten by each readiness probe: proves the outbox database takes writes (a full or
+# read-only disk still answers SELECTs).
+probe_table = Table(
+    "referral_outbox_probe",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("at", Float, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
     id: int
@@ -93,6 +118,7 @@ class OutboxEntry:
     service_request_id: str
     task_id: str
     created_at: float
+    updated_at: float = 0.0
 
     @property
     def is_pending(self) -> bool:
@@ -118,11 +144,36 @@ def _entry(row: RowMapping) -> OutboxEntry:
         service_request_id=row["service_request_id"],
         task_id=row["task_id"],
         created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
+class LaunchGone(LookupError):
+    """The row's launch no longer exists (expired, or its store restarted empty)."""
+
+
+# A FhirClient for a launch handle: raises LaunchGone when the launch is gone; any other
+# exception (session store down) is transient and the row is retried.
 ClientFor = Callable[[str], FhirClient | None]
+# Whether a launch can still get a fresh token (it exists and holds a refresh token).
+CanRefresh = Callable[[str], bool]
 Sender = Callable[[FhirClient, dict[str, Any]], WriteResult]
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    """What /readyz and `peerbridge outbox status` report."""
+
+    counts: dict[str, int]
+    oldest_pending_seconds: float
+    stuck: int  # pending longer than the stuck threshold, waiting for a launch, or failed
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "counts": self.counts,
+            "oldest_pending_seconds": round(self.oldest_pending_seconds, 1),
+            "stuck": self.stuck,
+        }
 
 
 class Outbox:
@@ -132,20 +183,27 @@ class Outbox:
         self,
         database_url: str,
         *,
-        max_attempts: int = 8,
+        retry_hours: float = 24.0,
         retry_base_seconds: float = 2.0,
+        retry_max_delay_seconds: float = 60.0,
+        lease_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
         sender: Sender = send_bundle,
         engine: Engine | None = None,
     ) -> None:
-        self.engine = engine or create_engine(database_url, future=True)
+        # hide_parameters: a failing statement's parameters (bundles: PHI) never reach a log.
+        self.engine = engine or create_engine(
+            database_url, future=True, pool_pre_ping=True, hide_parameters=True
+        )
         try:
             metadata.create_all(self.engine)
         except OperationalError:
             # Another gunicorn worker created the table between our check and our CREATE.
             metadata.create_all(self.engine)
-        self.max_attempts = max_attempts
+        self.retry_seconds = retry_hours * 3600.0
         self.retry_base_seconds = retry_base_seconds
+        self.retry_max_delay_seconds = retry_max_delay_seconds
+        self.lease_seconds = lease_seconds
         self.clock = clock
         self.sender = sender
         self.worker_id = uuid.uuid4().hex
@@ -198,6 +256,8 @@ class Outbox:
         entry = self.get(key)
         if entry is None:  # pragma: no cover - the row exists after either branch
             raise RuntimeError("outbox row vanished")
+        if created:
+            _log_state(entry, PENDING, "stored")
         return entry, created
 
     # -- reading rows --------------------------------------------------------------------------
@@ -219,7 +279,7 @@ class Outbox:
 
     def unconfirmed(self, *, iss: str = "", patient_id: str = "") -> list[OutboxEntry]:
         """Rows not confirmed yet (pending, waiting for a relaunch, or failed), oldest first."""
-        query = select(outbox_table).where(outbox_table.c.status != CONFIRMED)
+        query = select(outbox_table).where(outbox_table.c.status.not_in((CONFIRMED, CONFLICT)))
         if iss:
             query = query.where(outbox_table.c.iss == iss)
         if patient_id:
@@ -228,12 +288,35 @@ class Outbox:
             return [_entry(r) for r in conn.execute(query.order_by(outbox_table.c.id)).mappings()]
 
     def counts(self) -> dict[str, int]:
+        query = select(outbox_table.c.status, func.count()).group_by(outbox_table.c.status)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(outbox_table.c.status)).scalars().all()
-        found: dict[str, int] = {}
-        for status in rows:
-            found[status] = found.get(status, 0) + 1
-        return found
+            return {str(status): int(n) for status, n in conn.execute(query).all()}
+
+    def health(self, *, stuck_after_seconds: float = 300.0) -> OutboxHealth:
+        """Counts by status, the age of the oldest unsent row and how many need attention."""
+        now = self.clock()
+        counts = self.counts()
+        query = select(func.min(outbox_table.c.created_at)).where(outbox_table.c.status == PENDING)
+        old = select(func.count()).where(
+            outbox_table.c.status == PENDING,
+            outbox_table.c.created_at < now - stuck_after_seconds,
+        )
+        with self.engine.connect() as conn:
+            oldest = conn.execute(query).scalar()
+            stale = int(conn.execute(old).scalar() or 0)
+        age = max(0.0, now - float(oldest)) if oldest is not None else 0.0
+        stuck = stale + counts.get(WAITING_AUTH, 0) + counts.get(FAILED, 0)
+        return OutboxHealth(counts, age, stuck)
+
+    def probe_write(self) -> None:
+        """Write one row and commit: raises when the database cannot take a write."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(probe_table).where(probe_table.c.id == 1).values(at=now)
+            ).rowcount
+            if not changed:
+                conn.execute(insert(probe_table).values(id=1, at=now))
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -252,7 +335,7 @@ class Outbox:
         statement = (
             update(outbox_table)
             .where(*conditions)
-            .values(claimed_until=now + LEASE_SECONDS, claimed_by=self.worker_id)
+            .values(claimed_until=now + self.lease_seconds, claimed_by=self.worker_id)
         )
         with self.engine.begin() as conn:
             return conn.execute(statement).rowcount == 1
@@ -263,13 +346,12 @@ class Outbox:
         if entry is None:
             raise KeyError(key)
         if entry.status == PENDING and self.claim(entry.id, force=force):
-            self._attempt(entry, client)
+            self._attempt(entry, lambda _handle: client)
         found = self.get(key)
         assert found is not None
         return found
 
-    def drain(self, client_for: ClientFor, *, limit: int = 50) -> int:
-        """Send every due pending row once; returns how many were attempted."""
+    def due(self, *, limit: int = 50) -> list[tuple[int, str]]:
         now = self.clock()
         query = (
             select(outbox_table.c.id, outbox_table.c.key)
@@ -278,20 +360,25 @@ class Outbox:
                 outbox_table.c.next_attempt_at <= now,
                 outbox_table.c.claimed_until < now,
             )
-            .order_by(outbox_table.c.id)
+            .order_by(outbox_table.c.next_attempt_at, outbox_table.c.id)
             .limit(limit)
         )
         with self.engine.connect() as conn:
-            due = conn.execute(query).all()
+            return [(int(i), str(k)) for i, k in conn.execute(query).all()]
+
+    def drain(
+        self, client_for: ClientFor, *, limit: int = 50, can_refresh: CanRefresh | None = None
+    ) -> int:
+        """Send every due pending row once; returns how many were attempted."""
         attempted = 0
-        for entry_id, key in due:
+        for entry_id, key in self.due(limit=limit):
             if not self.claim(entry_id):
-                continue  # another instance took it
+                continue  # another sender took it
             entry = self.get(key)
             if entry is None:
                 continue
             attempted += 1
-            self._attempt(entry, _lookup(client_for, entry.handle))
+            self._attempt(entry, _by_handle(client_for), can_refresh)
         return attempted
 
     def fail(self, key: str, message: str) -> None:
@@ -301,56 +388,129 @@ class Outbox:
             self._finish(entry, FAILED, entry.attempts, message)
 
     def resume(self, *, iss: str, fhir_user: str, patient_id: str, handle: str) -> int:
-        """A user launched again: their rows waiting for a fresh token go back in the queue.
-
-        Only a new launch (another handle) of the same EHR, patient and user: the old token is
-        known to be refused, and another patient's launch could not write this referral. A
-        launch without a user or a patient resumes nothing (empty never matches everyone)."""
+        """A user launched again: their rows waiting for a launch go back in the queue under the
+        new one. Only a new launch (another handle) of the same EHR, patient and user: another
+        patient's launch could not write this referral; a launch without a user or a patient
+        resumes nothing (empty never matches everyone). Reads first, so a page load writes
+        nothing when no row waits."""
         if not (iss and fhir_user and patient_id and handle):
             return 0
+        conditions = [
+            outbox_table.c.status == WAITING_AUTH,
+            outbox_table.c.iss == iss,
+            outbox_table.c.fhir_user == fhir_user,
+            outbox_table.c.patient_id == patient_id,
+            outbox_table.c.handle != handle,
+        ]
+        with self.engine.connect() as conn:
+            waiting = conn.execute(select(outbox_table.c.id).where(*conditions)).scalars().all()
+        if not waiting:
+            return 0
+        now = self.clock()
+        statement = (
+            update(outbox_table)
+            .where(outbox_table.c.id.in_(waiting), *conditions)
+            .values(status=PENDING, handle=handle, next_attempt_at=now, updated_at=now)
+        )
+        with self.engine.begin() as conn:
+            resumed = conn.execute(statement).rowcount
+        for entry_id in waiting:
+            log.info(
+                "outbox row %s -> %s",
+                WAITING_AUTH,
+                PENDING,
+                extra={"event": "outbox_state", "outbox_id": entry_id, "status": PENDING},
+            )
+        return int(resumed)
+
+    def strip_confirmed(self, *, older_than_seconds: float) -> int:
+        """Retention: confirmed rows older than this keep their ids and status, not their Bundle
+        (patient data). Their keys still make a late double submit a no-op."""
+        cutoff = self.clock() - older_than_seconds
         statement = (
             update(outbox_table)
             .where(
-                outbox_table.c.status == WAITING_AUTH,
-                outbox_table.c.iss == iss,
-                outbox_table.c.fhir_user == fhir_user,
-                outbox_table.c.patient_id == patient_id,
-                outbox_table.c.handle != handle,
+                outbox_table.c.status.in_((CONFIRMED, CONFLICT)),
+                outbox_table.c.updated_at < cutoff,
+                outbox_table.c.bundle != STRIPPED,
             )
-            .values(
-                status=PENDING,
-                handle=handle,
-                next_attempt_at=self.clock(),
-                updated_at=self.clock(),
-            )
+            .values(bundle=STRIPPED, summary=STRIPPED, last_error="")
         )
         with self.engine.begin() as conn:
-            return conn.execute(statement).rowcount
+            stripped = int(conn.execute(statement).rowcount)
+        if stripped:
+            log.info("outbox retention stripped %d confirmed rows", stripped)
+        return stripped
 
-    def _attempt(self, entry: OutboxEntry, client: FhirClient | None) -> None:
+    @contextmanager
+    def _heartbeat(self, entry_id: int) -> Iterator[None]:
+        """Renew the lease while a send runs, so only a dead sender's claim expires."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_seconds / 3):
+                statement = (
+                    update(outbox_table)
+                    .where(
+                        outbox_table.c.id == entry_id,
+                        outbox_table.c.claimed_by == self.worker_id,
+                        outbox_table.c.status == PENDING,
+                    )
+                    .values(claimed_until=self.clock() + self.lease_seconds)
+                )
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(statement)
+                except SQLAlchemyError as exc:
+                    log.warning("outbox heartbeat failed: %s", type(exc).__name__)
+
+        thread = threading.Thread(target=beat, name="peerbridge-outbox-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _attempt(
+        self, entry: OutboxEntry, client_for: ClientFor, can_refresh: CanRefresh | None = None
+    ) -> None:
         attempts = entry.attempts + 1
+        try:
+            client = client_for(entry.handle)
+        except LaunchGone:
+            client = None
+        except Exception as exc:  # the session store is down: transient
+            self._retry(entry, attempts, f"the session store did not answer ({type(exc).__name__})")
+            return
         if client is None:
             self._finish(
                 entry,
                 WAITING_AUTH,
                 attempts,
-                "The EHR session ended before the referral was sent; open PeerBridge from the "
-                "EHR again to send it.",
+                "Waiting for the next launch: the EHR session that saved this referral has "
+                "ended. It is kept safe here and is sent as soon as the same user opens "
+                "PeerBridge from the EHR again for this patient.",
             )
             return
         try:
-            result = self.sender(client, entry.bundle)
+            with self._heartbeat(entry.id):
+                result = self.sender(client, entry.bundle)
         except FhirUnavailable as exc:
             self._retry(entry, attempts, str(exc))
         except FhirAuthError as exc:
             if exc.status == 401:
-                # FhirClient already tried a refresh; only a new launch brings a token now.
+                if can_refresh is not None and _quietly_true(can_refresh, entry.handle):
+                    # The refresh failed for a passing reason (token endpoint down): try again.
+                    self._retry(entry, attempts, "the EHR did not accept the session's token yet")
+                    return
                 self._finish(
                     entry,
                     WAITING_AUTH,
                     attempts,
-                    "The EHR no longer accepts this session's access; open PeerBridge from the "
-                    "EHR again and the referral will be sent.",
+                    "Waiting for the next launch: the EHR no longer accepts this session's "
+                    "access. It is kept safe here and is sent as soon as the same user opens "
+                    "PeerBridge from the EHR again for this patient.",
                 )
             else:
                 self._finish(entry, FAILED, attempts, plain_failure(exc))
@@ -363,38 +523,68 @@ class Outbox:
         except FhirError as exc:
             if exc.status >= 500 or exc.status in RETRYABLE_4XX or exc.status == 0:
                 self._retry(entry, attempts, str(exc))
+            elif exc.status == 412 and _has_if_match(entry.bundle):
+                self._on_version_conflict(entry, client, attempts)
             else:
                 self._finish(entry, FAILED, attempts, plain_failure(exc))
         else:
-            statement = (
-                update(outbox_table)
-                .where(outbox_table.c.id == entry.id)
-                .values(
-                    status=CONFIRMED,
-                    attempts=attempts,
-                    claimed_until=0.0,
-                    last_error="",
-                    service_request_id=result.service_request_id,
-                    task_id=result.task_id,
-                    updated_at=self.clock(),
-                )
+            self._confirm(entry, attempts, result)
+
+    def _on_version_conflict(self, entry: OutboxEntry, client: FhirClient, attempts: int) -> None:
+        # An earlier try may have been written with its answer lost: then the EHR holds our
+        # version and this is no conflict at all.
+        try:
+            again = finish_after_conflict(client, entry.bundle)
+            written = self.sender(client, again) if again is not None else None
+        except FhirUnavailable as exc:
+            self._retry(entry, attempts, str(exc))
+            return
+        except (FhirError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, FhirError) and exc.status != 412:
+                self._retry(entry, attempts, str(exc))
+                return
+            written = None
+        if written is not None:
+            self._confirm(entry, attempts, written)
+            return
+        self._finish(
+            entry,
+            CONFLICT,
+            attempts,
+            "Not saved: someone changed this referral in the EHR after you opened it. Review "
+            "the referral as it is now and record your change again.",
+        )
+
+    def _confirm(self, entry: OutboxEntry, attempts: int, result: WriteResult) -> None:
+        statement = (
+            update(outbox_table)
+            .where(outbox_table.c.id == entry.id)
+            .values(
+                status=CONFIRMED,
+                attempts=attempts,
+                claimed_until=0.0,
+                last_error="",
+                service_request_id=result.service_request_id,
+                task_id=result.task_id,
+                updated_at=self.clock(),
             )
-            with self.engine.begin() as conn:
-                conn.execute(statement)
-            log.info(
-                "outbox row confirmed",
-                extra={"outbox_id": entry.id, "action": entry.action, "attempts": attempts},
-            )
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement)
+        _log_state(entry, CONFIRMED, "sent", attempts=attempts)
 
     def _retry(self, entry: OutboxEntry, attempts: int, error: str) -> None:
-        if attempts >= self.max_attempts:
+        if self.clock() - entry.created_at >= self.retry_seconds:
+            hours = self.retry_seconds / 3600
             message = (
-                f"The EHR did not answer after {attempts} tries ({error}). The referral was not "
-                "sent; download it or try again later."
+                f"The EHR did not take this referral for {hours:g} hours ({error}). It was not "
+                "sent; download it or print the family handout, and tell your IT team."
             )
             self._finish(entry, FAILED, attempts, message)
             return
-        delay = min(self.retry_base_seconds * 2 ** (attempts - 1), MAX_DELAY_SECONDS)
+        delay = min(
+            self.retry_base_seconds * 2 ** min(attempts - 1, 30), self.retry_max_delay_seconds
+        )
         statement = (
             update(outbox_table)
             .where(outbox_table.c.id == entry.id)
@@ -410,7 +600,12 @@ class Outbox:
             conn.execute(statement)
         log.warning(
             "outbox send will be retried",
-            extra={"outbox_id": entry.id, "attempts": attempts, "delay_seconds": delay},
+            extra={
+                "event": "outbox_retry",
+                "outbox_id": entry.id,
+                "attempts": attempts,
+                "delay_seconds": delay,
+            },
         )
 
     def _finish(self, entry: OutboxEntry, status: str, attempts: int, error: str) -> None:
@@ -427,7 +622,51 @@ class Outbox:
         )
         with self.engine.begin() as conn:
             conn.execute(statement)
-        log.warning("outbox row %s", status, extra={"outbox_id": entry.id, "attempts": attempts})
+        _log_state(entry, status, error, attempts=attempts)
+
+
+def _log_state(entry: OutboxEntry, status: str, why: str, *, attempts: int = 0) -> None:
+    """One line per state change; ids and plain reasons only (no PHI)."""
+    level = logging.INFO if status in (PENDING, CONFIRMED) else logging.WARNING
+    log.log(
+        level,
+        "outbox row %s -> %s: %s",
+        entry.status if status != PENDING else "new",
+        status,
+        why[:200],
+        extra={
+            "event": "outbox_state",
+            "outbox_id": entry.id,
+            "action": entry.action,
+            "status": status,
+            "attempts": attempts,
+        },
+    )
+
+
+def _by_handle(client_for: ClientFor) -> ClientFor:
+    """A row stored without a launch handle has no launch to send it with."""
+
+    def lookup(handle: str) -> FhirClient | None:
+        if not handle:
+            return None
+        try:
+            return client_for(handle)
+        except KeyError as exc:
+            raise LaunchGone(handle) from exc
+
+    return lookup
+
+
+def _has_if_match(bundle: dict[str, Any]) -> bool:
+    return any((e.get("request") or {}).get("ifMatch") for e in bundle.get("entry", []))
+
+
+def _quietly_true(check: CanRefresh, handle: str) -> bool:
+    try:
+        return bool(handle) and check(handle)
+    except Exception:  # a store that cannot tell means "no": wait for a launch
+        return False
 
 
 def plain_failure(exc: FhirError) -> str:
@@ -444,30 +683,31 @@ def plain_failure(exc: FhirError) -> str:
     return f"The EHR refused the referral: {exc}"
 
 
-def _lookup(client_for: ClientFor, handle: str) -> FhirClient | None:
-    try:
-        return client_for(handle) if handle else None
-    except (KeyError, LookupError):
-        return None
-
-
 class RetryWorker:
-    """A daemon thread that drains the outbox every few seconds (one per app process).
+    """A daemon thread that drains the outbox every few seconds, started with the process (one
+    per gunicorn worker: claims in the database keep them from sending a row twice).
 
-    `drain` does one pass; the app wraps `Outbox.drain` in its app context and launch store."""
+    `drain` does one pass; the app wraps `Outbox.drain` with its launch store. After a fork the
+    thread does not exist in the child, so `start` starts a new one there."""
 
     def __init__(self, drain: Callable[[], object], *, interval: float = 2.0) -> None:
         self.drain = drain
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = 0
         self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
 
     def start(self) -> None:
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self.running:
                 return
-            self._stop.clear()
+            self._stop = threading.Event()
+            self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="peerbridge-outbox", daemon=True)
             self._thread.start()
 
@@ -477,7 +717,8 @@ class RetryWorker:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        stop = self._stop
+        while not stop.wait(self.interval):
             try:
                 self.drain()
             except Exception as exc:  # the worker must outlive one bad drain

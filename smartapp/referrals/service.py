@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from config.settings import ReferralSettings
 from fhir_mappings.domain import Program, Referral
@@ -48,14 +48,32 @@ from fhir_mappings.referral import (
     referral_view,
     search_referrals,
     update_transaction,
+    version_of,
 )
-from smartapp.referrals.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, OutboxEntry
+from smartapp.referrals.outbox import (
+    CONFIRMED,
+    CONFLICT,
+    FAILED,
+    PENDING,
+    WAITING_AUTH,
+    Outbox,
+    OutboxEntry,
+)
 
 State = Literal["pending", "confirmed", "failed", "waiting-auth", "unknown"]
 
 
 class ReferralError(Exception):
     """A workflow step that cannot happen now; the message is for the person at the screen."""
+
+
+class ReferralConflict(ReferralError):
+    """Someone changed the referral since the user opened it; nothing of theirs was saved."""
+
+    def __init__(self, message: str, *, changed_by: str = "", changed_at: str = "") -> None:
+        super().__init__(message)
+        self.changed_by = changed_by
+        self.changed_at = changed_at
 
 
 @dataclass(frozen=True)
@@ -299,14 +317,33 @@ class ReferralService:
     # -- completing a draft --------------------------------------------------------------------
 
     def complete(
-        self, client: FhirClient, actor: Actor, identifier: str, completion: Completion
+        self,
+        client: FhirClient,
+        actor: Actor,
+        identifier: str,
+        completion: Completion,
+        *,
+        action_id: str = "",
+        seen: dict[str, str] | None = None,
     ) -> Tracking:
-        key = f"{identifier}:complete"
+        """Complete a draft. `action_id` is minted with the form (a double click is one
+        completion); `seen` holds the versions the user saw: a change since then is refused."""
+        action_id = action_id or identifier
+        _check_identifier(action_id)
+        key = f"{identifier}:complete:{action_id}"
         self._check_own_row(actor, key)
         if self.outbox.get(key) is None:
             sr, task = self._current(client, actor, identifier, key)
             if sr.get("status") != "draft":
-                raise ReferralError("This referral is no longer a draft; nothing to complete.")
+                who, when = _changed_by(client, sr, task)
+                raise ReferralConflict(
+                    f"This draft was already completed{_by(who, when)}, perhaps in another tab "
+                    "or window. What you entered here was not saved; review the referral as it "
+                    "is now.",
+                    changed_by=who,
+                    changed_at=when,
+                )
+            versions = _check_seen(client, sr, task, seen)
             now = self.clock()
             consent = consent_query = None
             if completion.consent is not None and "Consent" in actor.writable:
@@ -332,6 +369,7 @@ class ReferralService:
                 with_device="Device" in actor.writable,
                 consent=consent,
                 consent_query=consent_query or "",
+                versions=versions,
             )
             view = referral_view(sr, task, self.system)
             self._enqueue(
@@ -344,8 +382,22 @@ class ReferralService:
                 "active",
                 patient_id=view.patient_id,
             )
-        self._send(actor, key, client)
+        entry = self._send(actor, key, client)
+        if entry is not None:
+            self._raise_if_conflict(client, entry)
         return self.track(client, identifier, actor)
+
+    def _raise_if_conflict(self, client: FhirClient, entry: OutboxEntry) -> None:
+        if entry.status != CONFLICT:
+            return
+        found = _quietly_found(client, self.system, entry.identifier)
+        who, when = _changed_by(client, *found) if found else ("", "")
+        raise ReferralConflict(
+            f"This referral was changed{_by(who, when)} after you opened it, so your change was "
+            "not saved. Review the referral as it is now and try again.",
+            changed_by=who,
+            changed_at=when,
+        )
 
     # -- follow-up outcomes --------------------------------------------------------------------
 
@@ -360,9 +412,11 @@ class ReferralService:
         note: str = "",
         new_program: Program | None = None,
         new_identifier: str = "",
+        seen: dict[str, str] | None = None,
     ) -> Tracking:
         """Record what happened at follow-up. `action_id` is minted with the form (double POSTs
-        are one outcome); a new match needs `new_program` and returns the new referral."""
+        are one outcome); a new match needs `new_program` and returns the new referral; `seen`
+        as in `complete`."""
         if outcome not in OUTCOME_STATES:
             raise ReferralError("Choose one of the listed outcomes.")
         _check_identifier(action_id)
@@ -373,7 +427,16 @@ class ReferralService:
             sr, task = self._current(client, actor, identifier, key)
             view = referral_view(sr, task, self.system)
             if not view.is_open:
+                if seen and seen != _versions(sr, task):
+                    who, when = _changed_by(client, sr, task)
+                    raise ReferralConflict(
+                        f"This referral was closed{_by(who, when)} after you opened it. Your "
+                        "outcome was not saved; review the referral as it is now.",
+                        changed_by=who,
+                        changed_at=when,
+                    )
                 raise ReferralError("This referral is closed or still a draft; no outcome to add.")
+            versions = _check_seen(client, sr, task, seen)
             now = self.clock()
             next_due = self._due(now) if OUTCOME_STATES[outcome][0] == "in-progress" else None
             new_sr, new_task = apply_outcome(
@@ -406,6 +469,7 @@ class ReferralService:
                     with_device="Device" in actor.writable,
                     replaced_request=new_sr,
                     replaced_task=new_task,
+                    versions=versions,
                 )
                 self._enqueue(
                     actor,
@@ -426,6 +490,7 @@ class ReferralService:
                     recorded=now,
                     author=actor.fhir_user,
                     with_device="Device" in actor.writable,
+                    versions=versions,
                 )
                 self._enqueue(
                     actor,
@@ -441,6 +506,7 @@ class ReferralService:
         entry = self._send(actor, key, client)
         if entry is None:  # pragma: no cover - _check_own_row and _enqueue made it ours
             raise ReferralError("PeerBridge knows no referral with this id.")
+        self._raise_if_conflict(client, entry)
         return self.track(client, entry.identifier, actor)
 
     def _check_own_row(self, actor: Actor, key: str) -> None:
@@ -547,6 +613,7 @@ class ReferralService:
 
 
 def _state_of(entries: tuple[OutboxEntry, ...], view: ReferralView | None) -> State:
+    # A conflict row changed nothing: the referral is what the EHR holds.
     if any(e.status == FAILED for e in entries):
         return "failed"
     if any(e.status == WAITING_AUTH for e in entries):
@@ -556,6 +623,74 @@ def _state_of(entries: tuple[OutboxEntry, ...], view: ReferralView | None) -> St
     if view is not None or any(e.status == CONFIRMED for e in entries):
         return "confirmed"
     return "unknown"
+
+
+def _versions(sr: dict[str, object], task: dict[str, object]) -> dict[str, str]:
+    found = {"ServiceRequest": version_of(sr), "Task": version_of(task)}
+    return {k: v for k, v in found.items() if v}
+
+
+def _check_seen(
+    client: FhirClient,
+    sr: dict[str, object],
+    task: dict[str, object],
+    seen: dict[str, str] | None,
+) -> dict[str, str]:
+    """The versions the write must match: the ones the user saw, refused at once when the EHR
+    holds newer ones; without `seen`, the ones just read (closes the read-write race)."""
+    current = _versions(sr, task)
+    if seen and any(current.get(k, v) != v for k, v in seen.items()):
+        who, when = _changed_by(client, sr, task)
+        raise ReferralConflict(
+            f"This referral was changed{_by(who, when)} after you opened it, so your change was "
+            "not saved. Review the referral as it is now and try again.",
+            changed_by=who,
+            changed_at=when,
+        )
+    return {**current, **(seen or {})}
+
+
+def _changed_by(
+    client: FhirClient, sr: dict[str, Any], task: dict[str, Any] | None
+) -> tuple[str, str]:
+    """Who last changed the referral and when, in words (best effort)."""
+    notes = [n for n in (task or {}).get("note") or [] if isinstance(n, dict)]
+    author = str((notes[-1].get("authorReference") or {}).get("reference", "")) if notes else ""
+    meta = (task or {}).get("meta") or sr.get("meta") or {}
+    when = str(notes[-1].get("time", "")) if notes else ""
+    when = when or str(meta.get("lastUpdated", ""))
+    name = ""
+    if author.count("/") == 1:
+        try:
+            name = _person_name(client.read(*author.split("/", 1)))
+        except FhirError:
+            name = ""
+    return name or "another user", when[:16]
+
+
+def _person_name(resource: dict[str, Any]) -> str:
+    names = resource.get("name") or []
+    if not isinstance(names, list) or not names or not isinstance(names[0], dict):
+        return ""
+    first = names[0]
+    if first.get("text"):
+        return str(first["text"])
+    given = " ".join(str(g) for g in first.get("given", []) or [])
+    return f"{given} {first.get('family', '')}".strip()
+
+
+def _by(who: str, when: str) -> str:
+    text = f" by {who}" if who else ""
+    return text + (f" at {when.replace('T', ' ')} UTC" if when else "")
+
+
+def _quietly_found(
+    client: FhirClient, system: str, identifier: str
+) -> tuple[dict[str, object], dict[str, object] | None] | None:
+    try:
+        return find_referral(client, system, identifier)
+    except FhirError:
+        return None
 
 
 def _check_identifier(value: str) -> None:

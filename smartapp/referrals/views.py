@@ -17,6 +17,7 @@ from flask import (
     Response,
     abort,
     current_app,
+    g,
     redirect,
     render_template,
     request,
@@ -30,9 +31,17 @@ from fhir_mappings.domain import Consent, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from fhir_mappings.referral import CONTACT_WORDS, OUTCOME_WORDS, Completion
 from smartapp.directory.store import current_programs
+from smartapp.ops.storage_errors import StorageFailure, is_storage_error
 from smartapp.referrals.forms import CompleteForm, OutcomeForm, ProposeForm
-from smartapp.referrals.outbox import Outbox, RetryWorker
-from smartapp.referrals.service import Actor, ReferralError, ReferralService, Tracking
+from smartapp.referrals.outbox import RetryWorker
+from smartapp.referrals.sending import drain_pass, outbox_from_settings
+from smartapp.referrals.service import (
+    Actor,
+    ReferralConflict,
+    ReferralError,
+    ReferralService,
+    Tracking,
+)
 from smartapp.session.current import current_launch, fhir_client, launch_routes, launch_store
 
 SERVICE = "peerbridge.referrals"
@@ -44,26 +53,37 @@ launch_routes(bp)
 
 
 def init_app(app: Flask, settings: Settings) -> None:
-    outbox = Outbox(
-        settings.database_url,
-        max_attempts=settings.referrals.max_attempts,
-        retry_base_seconds=settings.referrals.retry_base_seconds,
-    )
+    outbox = outbox_from_settings(settings)
     app.extensions[SERVICE] = ReferralService(
         outbox, settings.referrals, mint_key=mint_key(settings.secret_key())
     )
-
-    def drain_once() -> int:
-        with app.app_context():
-            return outbox.drain(lambda handle: launch_store().client_for(handle))
-
-    worker = RetryWorker(drain_once)
+    store = launch_store(app)
+    worker = RetryWorker(
+        lambda: drain_pass(outbox, store, settings),
+        interval=settings.referrals.drain_interval_seconds,
+    )
     app.extensions[WORKER] = worker
     if not app.testing:
-        # Started on the first request, not at import: gunicorn forks after loading the app.
+        # With the process: gunicorn builds the app in each worker after forking. A fork after
+        # the build (preload) leaves no thread in the child; the first request starts one there.
+        worker.start()
+
         @app.before_request
         def _start_worker() -> None:
             worker.start()
+
+    @app.before_request
+    def _resume_waiting() -> None:
+        # Any page of a launch (url_value_preprocessors ran already) picks up this user's
+        # referrals for this patient that waited for a new launch.
+        launch = g.get("launch_context")
+        if launch is not None and launch.fhir_user:
+            outbox.resume(
+                iss=launch.iss,
+                fhir_user=launch.fhir_user,
+                handle=launch.handle,
+                patient_id=launch.patient_id,
+            )
 
     app.register_blueprint(bp)
 
@@ -94,19 +114,6 @@ def current_actor() -> Actor:
 def user_level(scopes: frozenset[str]) -> bool:
     """A user/ scope on ServiceRequest reaches every patient of the EHR, not just this one."""
     return any(s.startswith(("user/ServiceRequest.", "user/*.")) for s in scopes)
-
-
-@bp.before_request
-def _resume_waiting() -> None:
-    # A relaunch by the same user for the same patient of the same EHR picks up referrals that
-    # waited for a fresh token.
-    launch = current_launch()
-    referral_service().outbox.resume(
-        iss=launch.iss,
-        fhir_user=launch.fhir_user,
-        patient_id=launch.patient_id,
-        handle=launch.handle,
-    )
 
 
 def _not_found() -> Response:
@@ -157,6 +164,27 @@ def _message(title: str, message: str, status: int) -> Response:
     return Response(
         render_template("referral_message.html", title=title, message=message), status=status
     )
+
+
+def _storage_failure(what: str, key: str, identifier: str) -> StorageFailure:
+    """Whether the write was stored before storage failed: asked again, quietly."""
+    try:
+        saved: bool | None = referral_service().outbox.get(key) is not None
+    except Exception:  # still down: unknown
+        saved = None
+    show = url_for("referrals.show", identifier=identifier) if saved else ""
+    return StorageFailure(what, saved=saved, show_url=show)
+
+
+def _conflict(identifier: str, exc: ReferralConflict) -> Response:
+    title = f"Changed by {exc.changed_by or 'another user'}: review and try again"
+    page = render_template(
+        "referral_message.html",
+        title=title,
+        message=str(exc),
+        review_url=url_for("referrals.show", identifier=identifier),
+    )
+    return Response(page, status=409)
 
 
 # -- propose -------------------------------------------------------------------------------------
@@ -210,6 +238,7 @@ def create() -> BaseResponse | str:
     refused_conditions = _foreign_conditions(fhir_client(), launch.patient_id, condition_ids)
     if refused_conditions is not None:
         return refused_conditions
+    key = f"{form.identifier.data}:create"
     try:
         tracking = service.propose(
             fhir_client(),
@@ -223,6 +252,10 @@ def create() -> BaseResponse | str:
         )
     except ReferralError as exc:
         return _message("The referral could not be saved", str(exc), 400)
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        raise _storage_failure("referral", key, form.identifier.data) from exc
     return redirect(url_for("referrals.show", identifier=tracking.identifier), code=303)
 
 
@@ -272,6 +305,8 @@ def show(identifier: str) -> Response | str:
         outcome_form = OutcomeForm(
             action_id=service.mint_identifier(actor.handle),
             new_identifier=service.mint_identifier(actor.handle),
+            sr_version=tracking.view.sr_version,
+            task_version=tracking.view.task_version,
         )
         outcome_form.program.choices = _program_choices()
     return render_template(
@@ -341,6 +376,9 @@ def complete(identifier: str) -> BaseResponse | str:
     form.contact_person.choices = _related_choices(chart, tracking.view.patient_id)
     if request.method == "GET":
         form.contact_person.data = form.contact_person.choices[0][0]
+        form.action_id.data = service.mint_identifier(current_launch().handle)
+        form.sr_version.data = tracking.view.sr_version
+        form.task_version.data = tracking.view.task_version
         return render_template("referral_complete.html", form=form, t=tracking)
     if not form.validate():
         return Response(
@@ -358,9 +396,23 @@ def complete(identifier: str) -> BaseResponse | str:
         note=form.note.data or "",
     )
     try:
-        service.complete(client, current_actor(), identifier, completion)
+        service.complete(
+            client,
+            current_actor(),
+            identifier,
+            completion,
+            action_id=form.action_id.data,
+            seen=form.seen(),
+        )
+    except ReferralConflict as exc:
+        return _conflict(identifier, exc)
     except ReferralError as exc:
         return _message("The referral could not be completed", str(exc), 409)
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        key = f"{identifier}:complete:{form.action_id.data}"
+        raise _storage_failure("completed referral", key, identifier) from exc
     return redirect(url_for("referrals.show", identifier=identifier), code=303)
 
 
@@ -402,7 +454,15 @@ def outcome(identifier: str) -> BaseResponse | str:
             note=form.note.data or "",
             new_program=new_program,
             new_identifier=form.new_identifier.data,
+            seen=form.seen(),
         )
+    except ReferralConflict as exc:
+        return _conflict(identifier, exc)
     except ReferralError as exc:
         return _message("The outcome was not recorded", str(exc), 409)
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        key = f"{identifier}:outcome:{form.action_id.data}"
+        raise _storage_failure("follow-up outcome", key, identifier) from exc
     return redirect(url_for("referrals.show", identifier=tracking.identifier), code=303)

@@ -566,6 +566,11 @@ class LaunchStore:
             capability_cache=self.capabilities,
         )
 
+    def can_refresh(self, handle: str) -> bool:
+        """The launch exists and still holds a refresh token (a failed refresh was passing)."""
+        record = self.kv.get("launch", handle) if handle else None
+        return bool(record and record.get("refresh_token"))
+
     def _record_or_empty(self, handle: str) -> dict[str, Any]:
         return self.kv.get("launch", handle) or {}
 

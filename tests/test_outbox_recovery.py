@@ -274,7 +274,9 @@ def test_an_update_whose_answer_was_lost_after_commit_is_confirmed_not_a_conflic
     found = find_referral(client, SYSTEM, identifier)
     assert found is not None and found[1] is not None
     assert found[1]["status"] == "in-progress"
-    assert_exactly_one(client, identifier)
+    assert in_ehr(client, "ServiceRequest", identifier) == in_ehr(client, "Task", identifier) == 1
+    provenances = client.search("Provenance", {"target": f"ServiceRequest/{found[0]['id']}"})
+    assert len(list(provenances)) == 2  # the create's and this update's, each once
 
 
 @pytest.mark.parametrize("kind", ["reset-after", "500-after", "timeout-after"])

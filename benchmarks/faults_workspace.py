@@ -71,7 +71,7 @@ class Run:
                 },
                 "smart": {"iss_allowlist": [f"{base}/fhir"]},
                 "fhir": {"timeout_seconds": 2},
-                "referrals": {"retry_base_seconds": 0.1, "max_attempts": 30},
+                "referrals": {"retry_base_seconds": 0.1},
                 "workspace": {
                     "enabled": True,
                     "lead": "Practitioner/program-lead-1",

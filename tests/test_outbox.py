@@ -463,7 +463,9 @@ def test_a_storm_of_faults_ends_with_one_referral_per_submission(
         propose(service, client, identifier)
         propose(service, client, identifier)  # and a double click
     fhir_server.clear_faults()
-    for _ in range(4):
+    for _ in range(10):  # a loaded machine may time out a send more than once
+        if not service.outbox.counts().get(PENDING):
+            break
         clock.now += 60
         service.outbox.drain(lambda handle: client)
     assert service.outbox.counts() == {CONFIRMED: 10}

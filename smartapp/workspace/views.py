@@ -36,7 +36,7 @@ from fhir_mappings.directory import load_directory_file
 from fhir_mappings.domain import ICD10CM, SNOMED, Coding
 from fhir_mappings.fhir_client import FhirError
 from smartapp.directory import store as program_directory
-from smartapp.referrals.outbox import Outbox
+from smartapp.referrals.sending import outbox_from_settings
 from smartapp.session.current import current_launch, fhir_client, launch_routes
 from smartapp.workspace import report
 from smartapp.workspace.models import (
@@ -83,15 +83,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     # The referrals' own outbox (same table, same retry worker): one Outbox per process, so its
     # table is created once per process, not again by each feature.
     referrals = app.extensions.get(REFERRALS_SERVICE)
-    outbox = (
-        referrals.outbox
-        if referrals is not None
-        else Outbox(
-            settings.database_url,
-            max_attempts=settings.referrals.max_attempts,
-            retry_base_seconds=settings.referrals.retry_base_seconds,
-        )
-    )
+    outbox = referrals.outbox if referrals is not None else outbox_from_settings(settings)
     store = WorkspaceStore(engine=outbox.engine)
     app.extensions[SERVICE] = WorkspaceService(
         store,

@@ -1,6 +1,7 @@
 """Issue #15, the outbox part: referrals survive an expired launch, an emptied session store, a
 killed sender, a lost answer after the EHR committed, and concurrent editors; against the dev EHR
-on loopback and a real SQLite outbox."""
+on loopback and a real SQLite outbox. (Named to sort after test_referral_fhir.py, whose paging
+test reads every referral of the chart patient the page tests here write for.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 from flask import Flask
 
 from config import load_settings
+from fhir_mappings.domain import Referral
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from fhir_mappings.referral import find_referral, referral_transaction, send_bundle
 from smartapp.referrals.outbox import (
@@ -30,26 +33,49 @@ from smartapp.referrals.service import Actor, ReferralConflict, ReferralError, R
 from smartapp.referrals.views import SERVICE, WORKER
 from smartapp.session.current import launch_store
 from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, Sandbox, app_settings
-from tests.test_outbox import (
-    ACTOR,
-    PATIENT,
-    PROGRAM,
-    SYSTEM,
-    Clock,
-    assert_exactly_one,
-    in_ehr,
-    make_client,
-    make_referral,
-)
+from tests.test_outbox import PATIENT as CHART_PATIENT
+from tests.test_outbox import PROGRAM, SCOPE, SYSTEM, Clock, in_ehr
 from tests.test_referral_views import WRITE_SCOPE, csrf_of, hidden, launch, propose_via_form
 
-SOCIAL = Actor(
-    handle="sw",
-    iss="",
-    fhir_user=SOCIAL_WORKER,
-    patient_id=PATIENT,
-    writable=frozenset({"ServiceRequest", "Task", "Provenance", "Consent", "Device"}),
-)
+# Service-level tests write for another patient than the page tests: the session's dev EHR is
+# shared, and paging tests count one patient's referrals.
+PATIENT = "peds-cf"
+WRITES = frozenset({"ServiceRequest", "Task", "Provenance", "Consent", "Device"})
+ACTOR = Actor(handle="h1", iss="", fhir_user=SUBSPECIALIST, patient_id=PATIENT, writable=WRITES)
+SOCIAL = Actor(handle="sw", iss="", fhir_user=SOCIAL_WORKER, patient_id=PATIENT, writable=WRITES)
+
+
+def make_client(sandbox: Sandbox, **kwargs: Any) -> FhirClient:
+    holder = {"token": sandbox.mint_token(PATIENT, SCOPE)["access_token"]}
+
+    def fresh() -> str:
+        holder["token"] = sandbox.mint_token(PATIENT, SCOPE)["access_token"]
+        return str(holder["token"])
+
+    return FhirClient(
+        sandbox.fhir_base,
+        token=lambda: str(holder["token"]),
+        refresh=fresh,
+        timeout=kwargs.pop("timeout", 5),
+        **kwargs,
+    )
+
+
+def make_referral(identifier: str) -> Referral:
+    return Referral(
+        identifier=identifier,
+        patient_id=PATIENT,
+        program=PROGRAM,
+        condition_ids=(),
+        status="active",
+        authored_on=datetime.now(UTC),
+        requester=SUBSPECIALIST,
+    )
+
+
+def assert_exactly_one(client: FhirClient, identifier: str) -> None:
+    assert in_ehr(client, "ServiceRequest", identifier) == 1
+    assert in_ehr(client, "Task", identifier) == 1
 
 
 @pytest.fixture
@@ -132,7 +158,9 @@ def test_a_launch_that_expires_while_its_referral_is_pending_waits_visibly_then_
 
 
 def count_in_ehr_sr(sandbox: Sandbox, identifier: str) -> int:
-    return in_ehr(make_client(sandbox), "ServiceRequest", identifier)
+    token = sandbox.mint_token(CHART_PATIENT, SCOPE)["access_token"]
+    client = FhirClient(sandbox.fhir_base, token=lambda: str(token))
+    return in_ehr(client, "ServiceRequest", identifier)
 
 
 def test_a_page_load_writes_nothing_to_the_outbox_when_no_row_waits(
@@ -298,11 +326,14 @@ def test_a_create_whose_answer_was_lost_after_commit_is_written_once(
 # -- optimistic concurrency ----------------------------------------------------------------------
 
 
-def test_the_dev_ehr_refuses_a_stale_if_match_inside_a_transaction(sandbox: Sandbox) -> None:
+def test_the_dev_ehr_refuses_a_stale_if_match_inside_a_transaction(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
     client = make_client(sandbox)
-    task = next(iter(client.search("Task", {"patient": PATIENT})), None)
-    if task is None:
-        pytest.skip("no Task seeded")
+    identifier = _active_referral(_service(tmp_path), client)
+    found = find_referral(client, SYSTEM, identifier)
+    assert found is not None and found[1] is not None
+    task = found[1]
     stale = dict(task)
     bundle = {
         "resourceType": "Bundle",
@@ -402,7 +433,7 @@ def test_a_second_completion_of_the_same_draft_from_another_tab_is_refused_with_
                 "sr_version": hidden(page, "sr_version"),
                 "task_version": hidden(page, "task_version"),
                 "contact_preference": preference,
-                "contact_person": f"Patient/{PATIENT}",
+                "contact_person": f"Patient/{CHART_PATIENT}",
             },
         )
 
@@ -436,7 +467,7 @@ def test_an_outcome_on_a_page_someone_else_changed_meanwhile_is_refused_and_says
             "csrf_token": csrf_of(complete),
             "action_id": hidden(complete, "action_id"),
             "contact_preference": "none",
-            "contact_person": f"Patient/{PATIENT}",
+            "contact_person": f"Patient/{CHART_PATIENT}",
         },
     )
     pages = [

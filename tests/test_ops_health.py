@@ -83,6 +83,42 @@ def test_readyz_never_shows_the_secret_key_or_the_database_url(
     assert "outbox-with-secret-name" not in text
 
 
+def test_the_demo_keeps_its_secret_key_across_restarts_in_a_0600_file(tmp_path: Path) -> None:
+    """Before: a new key at each start, so a form opened before a restart failed with a bare
+    "CSRF token is invalid"."""
+    _, first = demo_wiring("127.0.0.1", 1, 2, tmp_path)
+    _, second = demo_wiring("127.0.0.1", 1, 2, tmp_path)
+    key_file = Path(first["PEERBRIDGE_APP_SECRET_KEY_FILE"])
+    assert second["PEERBRIDGE_APP_SECRET_KEY_FILE"] == str(key_file)
+    assert "PEERBRIDGE_APP_SECRET_KEY" not in first
+    assert len(key_file.read_text(encoding="utf-8")) >= 32
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_form_opened_before_a_demo_restart_still_submits_after_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from config import load_settings
+    from tests.test_referral_views import launch, propose_via_form
+
+    _, env = demo_wiring("127.0.0.1", int(sandbox.base_url.rsplit(":", 1)[1]), 8, tmp_path)
+
+    def start() -> Flask:
+        environ = {k: v for k, v in env.items() if k != "PEERBRIDGE_PROFILE"}
+        environ["PEERBRIDGE_SMART_ISS_ALLOWLIST"] = json.dumps([sandbox.fhir_base])
+        environ["PEERBRIDGE_SMART_DEFAULT_ISS"] = sandbox.fhir_base
+        return create_app(load_settings("local", environ=environ), testing=True)
+
+    before = start()
+    web = before.test_client()
+    handle = launch(before, sandbox, web)
+    _, form = propose_via_form(before, web, handle)
+    after = start()  # the same state dir: sessions, launches and the key survive
+    web.application = after  # type: ignore[misc]
+    answer = web.post(f"/l/{handle}/referrals", data=form)
+    assert answer.status_code == 303, answer.get_data(as_text=True)[:300]
+
+
 def test_under_gunicorn_logs_are_json_with_the_request_id_and_no_token_or_handle(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -123,6 +159,6 @@ def test_under_gunicorn_logs_are_json_with_the_request_id_and_no_token_or_handle
         "secret-handle-123",
         "secret-code-456",
         "secret-state",
-        env["PEERBRIDGE_APP_SECRET_KEY"],
+        Path(env["PEERBRIDGE_APP_SECRET_KEY_FILE"]).read_text(encoding="utf-8"),
     ):
         assert secret not in text

@@ -144,8 +144,10 @@ def test_a_launch_that_expires_while_its_referral_is_pending_waits_visibly_then_
     assert count_in_ehr_sr(sandbox, identifier) == 0
 
     # Another user's launch, or the same user on another patient, does not take it over.
-    other = launch(app, sandbox, app.test_client(), user=SOCIAL_WORKER)
-    assert app.test_client().get(f"/l/{other}/patient").status_code in (200, 403)
+    colleague = app.test_client()
+    other = launch(app, sandbox, colleague, user=SOCIAL_WORKER)
+    page = colleague.get(f"/l/{other}/referrals/{identifier}").get_data(as_text=True)
+    assert "Waiting for the next launch" in page and "do not enter it again" in page
     assert _row(app, identifier).status == WAITING_AUTH
 
     again = launch(app, sandbox, web)
@@ -597,3 +599,42 @@ def test_readyz_details_count_unsent_and_stuck_referrals(app: Flask, sandbox: Sa
     outbox = app.extensions[SERVICE].outbox
     outbox.clock = lambda: time.time() + 3600  # an hour later, still unsent
     assert app.test_client().get("/readyz").get_json()["checks"]["outbox"]["stuck"] == 1
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_confirmed_rows_lose_their_patient_data_after_the_retention_time(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Before: every confirmed row kept ~5 KB of patient data forever."""
+    client = make_client(sandbox)
+    clock = Clock()
+    outbox = Outbox(f"sqlite:///{tmp_path / 'keep.sqlite3'}", clock=clock)
+    identifier = str(uuid.uuid4())
+    bundle = referral_transaction(make_referral(identifier), identifier_system=SYSTEM)
+    key = f"{identifier}:create"
+    outbox.enqueue(
+        key=key,
+        identifier=identifier,
+        action="create",
+        bundle=bundle,
+        handle="h",
+        summary={"program": PROGRAM.name},
+    )
+    pending = f"{uuid.uuid4()}:create"
+    outbox.enqueue(key=pending, identifier="x", action="create", bundle=bundle)  # not sent
+    assert outbox.send(key, client).status == CONFIRMED
+    clock.now += 29 * 86400
+    assert outbox.strip_confirmed(older_than_seconds=30 * 86400) == 0
+    clock.now += 2 * 86400
+    assert outbox.strip_confirmed(older_than_seconds=30 * 86400) == 1
+    stripped = outbox.get(key)
+    assert stripped is not None and stripped.status == CONFIRMED
+    assert stripped.bundle == {} and stripped.summary == {}
+    assert PATIENT not in str(stripped)  # nothing of the patient's data is left in the row
+    assert outbox.get(pending).bundle == bundle  # type: ignore[union-attr]
+    # Its key still makes a very late double submit a no-op.
+    _, created = outbox.enqueue(key=key, identifier=identifier, action="create", bundle=bundle)
+    assert created is False
+    assert_exactly_one(client, identifier)

@@ -57,6 +57,17 @@ def sandbox_command(
     return command
 
 
+def demo_secret_key_file(state_dir: Path) -> Path:
+    """The demo's Flask secret key, made once and kept (0600) in its state dir: forms and
+    sessions opened before a restart still work after it."""
+    from smartapp.ops.files import private_file
+
+    path = state_dir / "flask-secret-key"
+    if not path.exists() or not path.read_text(encoding="utf-8").strip():
+        private_file(path).write_text(secrets.token_urlsafe(32), encoding="utf-8")
+    return private_file(path)
+
+
 def demo_wiring(
     host: str, ehr_port: int, app_port: int, state_dir: Path
 ) -> tuple[dict[str, Any], dict[str, str]]:
@@ -78,7 +89,7 @@ def demo_wiring(
     env = {
         "PEERBRIDGE_PROFILE": "local",
         "PEERBRIDGE_APP_PUBLIC_URL": app,
-        "PEERBRIDGE_APP_SECRET_KEY": secrets.token_urlsafe(32),
+        "PEERBRIDGE_APP_SECRET_KEY_FILE": str(demo_secret_key_file(state_dir)),
         "PEERBRIDGE_APP_TOKEN_KEY_FILE": str(demo_token_key(state_dir)),
         "PEERBRIDGE_APP_STATE_DIR": str(state_dir),
         "PEERBRIDGE_APP_FRAME_ANCESTORS": json.dumps([ehr]),

@@ -330,6 +330,13 @@ def download(identifier: str) -> Response:
     entry = tracking.create_entry
     if entry is None:
         abort(404)
+    if not entry.bundle:
+        return _message(
+            "No copy kept",
+            "This referral reached the EHR long ago, and PeerBridge no longer keeps its own copy "
+            "of the patient's data. Open it in the EHR instead.",
+            404,
+        )
     response = Response(
         json.dumps(entry.bundle, indent=2), content_type="application/fhir+json; charset=utf-8"
     )

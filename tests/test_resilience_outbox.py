@@ -568,7 +568,7 @@ def test_peerbridge_outbox_drain_sends_due_rows_for_cron_and_status_counts_them(
         "PYTHONPATH": str(ROOT),
         "PEERBRIDGE_PROFILE": "local",
         "PEERBRIDGE_APP_STATE_DIR": str(tmp_path),
-        "PEERBRIDGE_APP_SECRET_KEY": "x",
+        "PEERBRIDGE_APP_SECRET_KEY": "test-secret-key",  # as app_settings: the same token key
         "PEERBRIDGE_SMART_ISS_ALLOWLIST": json.dumps([sandbox.fhir_base]),
     }
 

@@ -159,8 +159,8 @@ def test_a_session_store_failing_at_the_end_of_a_successful_submit_still_confirm
     web = app.test_client()
     handle = launch(app, sandbox, web)
     _, form = propose_via_form(app, web, handle)
-    sessions = app.session_interface.inner  # type: ignore[attr-defined]
-    sessions.kv = WritesFail(sessions.kv)
+    sessions = app.session_interface
+    sessions.kv = WritesFail(sessions.kv)  # type: ignore[attr-defined]
     with caplog.at_level(logging.INFO):
         answer = web.post(f"/l/{handle}/referrals", data=form)
     assert answer.status_code == 303, answer.get_data(as_text=True)[:500]

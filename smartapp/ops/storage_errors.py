@@ -16,7 +16,7 @@ import logging
 import sqlite3
 from typing import Any
 
-from flask import Blueprint, Flask, Request, Response, render_template, request
+from flask import Blueprint, Flask, Response, render_template, request
 from flask.sessions import SessionInterface, SessionMixin
 from markupsafe import escape
 from requests import RequestException
@@ -128,27 +128,17 @@ def _internal_error_handler(previous: Any) -> Any:
     return handle
 
 
-class SafeSessionInterface(SessionInterface):
-    """Delegates to the real session interface; a failed save is logged and the response goes
-    out (the session holds only the browser's binding, already stored on first use)."""
+def guard_session_saves(interface: SessionInterface) -> None:
+    """Make the session interface's save never fail a response: a failed save is logged and the
+    response goes out (the session holds only the browser's binding, stored on first use). The
+    instance keeps its class, so code that checks it (session id rotation) still works."""
+    save = interface.save_session
 
-    def __init__(self, inner: SessionInterface) -> None:
-        self.inner = inner
-
-    def open_session(self, app: Flask, request: Request) -> SessionMixin | None:
-        return self.inner.open_session(app, request)
-
-    def make_null_session(self, app: Flask) -> Any:
-        return self.inner.make_null_session(app)
-
-    def is_null_session(self, obj: object) -> bool:
-        return self.inner.is_null_session(obj)
-
-    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        if session is None:  # open_session failed: nothing to save
+    def save_session(app: Flask, session: SessionMixin | None, response: Response) -> None:
+        if session is None:  # opening the session failed: nothing to save
             return
         try:
-            self.inner.save_session(app, session, response)
+            save(app, session, response)
         except Exception as exc:
             log.warning(
                 "session store failed while saving the session: %s",
@@ -156,11 +146,13 @@ class SafeSessionInterface(SessionInterface):
                 extra={"event": "storage_failure"},
             )
 
+    interface.save_session = save_session  # type: ignore[method-assign]
+
 
 def init_app(app: Flask) -> None:
     """Register last, after every feature set its session interface and handlers."""
     app.register_blueprint(bp)
-    app.session_interface = SafeSessionInterface(app.session_interface)
+    guard_session_saves(app.session_interface)
     app.register_error_handler(StorageFailure, _on_failure)
     for error in STORAGE_ERRORS:
         if error is OSError:

@@ -23,7 +23,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 from sqlalchemy import Column, Float, MetaData, String, Table, delete, insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from config.settings import CdsClient
 from launch.guarded_http import GuardedHttp, GuardedHttpError
@@ -62,13 +62,26 @@ class VerifiedCall:
     subject: str = ""  # `sub`: the EHR's client id for us, when it sends one
 
 
+def create_tables(tables: MetaData, engine: Engine, attempts: int = 5) -> None:
+    """`create_all`, tolerating another gunicorn worker creating the same tables at the same
+    moment (its CREATE lands between our check and ours)."""
+    for attempt in range(attempts):
+        try:
+            tables.create_all(engine)
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 class JtiStore:
     """Seen `jti` values until their JWT expires; a database table, so instances share it."""
 
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        metadata.create_all(engine)
+        create_tables(metadata, engine)
         self._last_purge = 0.0
 
     def first_use(self, iss: str, jti: str, expires_at: float) -> bool:

@@ -39,6 +39,7 @@ from fhir_mappings.domain import (
 from fhir_mappings.fhir_client import MAX_PAGES, FhirClient, FhirError
 from fhir_mappings.referral import REFERRAL_CODE, referral_view
 from launch.guarded_http import Deadline
+from smartapp.cds.auth import create_tables
 from smartapp.suggest.engine import Directory, suggest_programs
 
 SERVICE_ID = "peerbridge-peer-support"
@@ -366,7 +367,7 @@ class FeedbackStore:
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        metadata.create_all(engine)
+        create_tables(metadata, engine)
 
     def issued(self, cards: Sequence[Mapping[str, Any]], *, tenant: str, patient_id: str) -> None:
         """Remember which EHR and patient each returned card was for."""

@@ -327,3 +327,82 @@ def test_each_vendor_profile_loads_and_names_the_ehr_to_check(profile: str) -> N
     assert settings.smart.iss_allowlist
     for iss in settings.smart.iss_allowlist:
         assert iss.startswith("https://") or iss.startswith("http://localhost")
+
+
+# -- a permissive sandbox: the SMART launcher's way of answering ---------------------------------
+class _Launcher(BaseHTTPRequestHandler):
+    """Like smart-launcher-v2: any client id is accepted; launch options come from the `launch`
+    parameter or a `/sim/<options>/` path segment, and a request with neither is refused for
+    every client (400 invalid_request "Invalid launch options")."""
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        prefix = path.split("/fhir/", 1)[0] if "/fhir/" in path else ""
+        if path.endswith("/fhir/.well-known/smart-configuration"):
+            self._json(
+                200,
+                {
+                    "authorization_endpoint": f"{base}{prefix}/auth/authorize",
+                    "token_endpoint": f"{base}{prefix}/auth/token",
+                    "capabilities": ["launch-ehr", "launch-standalone", "client-public"],
+                    "code_challenge_methods_supported": ["S256"],
+                    "token_endpoint_auth_methods_supported": ["none"],
+                },
+            )
+        elif path.endswith("/auth/authorize"):
+            if "/sim/" in path or "launch=" in query:
+                self.send_response(302)  # to its own provider login and patient picker
+                self.send_header("Location", f"{base}/provider-login?{query}")
+                self.end_headers()
+            else:
+                self._json(
+                    400,
+                    {
+                        "error": "invalid_request",
+                        "error_description": "Invalid launch options: SyntaxError",
+                    },
+                )
+        else:
+            self._json(404, {})
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def launcher() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Launcher)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v/r4"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_sandbox_that_accepts_any_client_passes_without_advice_to_register(
+    launcher: str, tmp_path: Path
+) -> None:
+    iss = f"{launcher}/sim/eyJsYXVuY2hfdHlwZSI6InByb3ZpZGVyLXN0YW5kYWxvbmUifQ/fhir"
+    result = _by_suffix(check_settings(_settings(iss, tmp_path)), "client registration")
+    assert result.status == PASS
+    assert "accepts any client id" in result.detail and "register" not in result.fix
+
+
+def test_the_launchers_refusal_of_a_standalone_launch_without_sim_is_no_registration_failure(
+    launcher: str, tmp_path: Path
+) -> None:
+    result = _by_suffix(
+        check_settings(_settings(f"{launcher}/fhir", tmp_path)), "client registration"
+    )
+    assert result.status == WARN
+    assert "Invalid launch options" in result.detail and "invalid_request" in result.detail
+    assert "register" not in result.fix and "'sim' FHIR URL" in result.fix

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
@@ -21,7 +22,7 @@ from config import Settings, load_settings
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from launch.authorize import build_authorization
 from launch.discovery import SMART_PATH, Discovery, SmartConfiguration
-from launch.errors import LaunchError
+from launch.errors import LaunchError, ehr_text
 from launch.guarded_http import guarded_session
 from launch.scopes import requested_scopes
 
@@ -333,36 +334,82 @@ def _frame_check(settings: Settings, iss: str, label: str) -> list[CheckResult]:
     ]
 
 
+@dataclass(frozen=True)
+class _Probe:
+    """How the authorization endpoint answered one (never completed) authorization request."""
+
+    accepted: bool
+    status: int
+    error: str = ""
+    description: str = ""
+    sign_in_page: bool = False  # accepted by showing its own page rather than redirecting back
+
+    @property
+    def refusal(self) -> str:
+        words = f"{self.status}" + (f" error={self.error}" if self.error else "")
+        return words + (f": {self.description}" if self.description else "")
+
+
+_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+
+
+def _probe(
+    settings: Settings, config: SmartConfiguration, http: requests.Session, client_id: str
+) -> _Probe:
+    request, _ = build_authorization(
+        config,
+        client_id=client_id,
+        redirect_uri=settings.redirect_uri,
+        launch="",
+        binding="peerbridge-check",
+        refresh_scope=settings.smart.refresh_scope,
+        allow_missing_s256=True,
+    )
+    timeout = settings.fhir.timeout_seconds
+    if request.use_post:
+        response = http.post(
+            request.endpoint, data=request.params, allow_redirects=False, timeout=timeout
+        )
+    else:
+        response = http.get(request.redirect_url, allow_redirects=False, timeout=timeout)
+    location = response.headers.get("Location", "")
+    if response.is_redirect and location.startswith(settings.redirect_uri):
+        query = dict(parse_qsl(urlsplit(location).query))
+        if "error" in query:
+            error = ehr_text(query["error"], 80)
+            return _Probe(
+                False, response.status_code, error, ehr_text(query.get("error_description"))
+            )
+        return _Probe(True, response.status_code)
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        body = body if isinstance(body, dict) else {}
+        return _Probe(
+            False,
+            response.status_code,
+            ehr_text(body.get("error"), 80),
+            ehr_text(body.get("error_description")),
+        )
+    return _Probe(True, response.status_code, sign_in_page=True)
+
+
 def _registration_check(
     settings: Settings, config: SmartConfiguration, http: requests.Session, label: str
 ) -> CheckResult:
     """Start a standalone authorization request (never completed) and see whether the EHR accepts
     the client id and redirect URI: a refusal is an error page, never a redirect to us (RFC 6749
-    4.1.2.1), or a redirect to us carrying `error`."""
+    4.1.2.1), or a redirect to us carrying `error`. A second request with a client id nobody
+    registered tells a sandbox that accepts any client (the SMART launcher) and a refusal of
+    the request itself from a refusal of PeerBridge's registration."""
     name = f"{label} client registration"
     if not settings.app.public_url:
         return CheckResult(name, WARN, "skipped: app.public_url is not set")
     try:
-        request, _ = build_authorization(
-            config,
-            client_id=settings.smart.client_id,
-            redirect_uri=settings.redirect_uri,
-            launch="",
-            binding="peerbridge-check",
-            refresh_scope=settings.smart.refresh_scope,
-            allow_missing_s256=True,
-        )
-        if request.use_post:
-            response = http.post(
-                request.endpoint,
-                data=request.params,
-                allow_redirects=False,
-                timeout=settings.fhir.timeout_seconds,
-            )
-        else:
-            response = http.get(
-                request.redirect_url, allow_redirects=False, timeout=settings.fhir.timeout_seconds
-            )
+        ours = _probe(settings, config, http, settings.smart.client_id)
+        stranger = _probe(settings, config, http, f"peerbridge-check-{secrets.token_hex(6)}")
     except requests.RequestException as exc:
         return CheckResult(
             name,
@@ -374,22 +421,35 @@ def _registration_check(
         f"register client id {settings.smart.client_id!r} with redirect URI "
         f"{settings.redirect_uri} and launch URL {settings.launch_url} in the EHR"
     )
-    location = response.headers.get("Location", "")
-    if response.is_redirect and location.startswith(settings.redirect_uri):
-        query = dict(parse_qsl(urlsplit(location).query))
-        if "error" in query:
-            return CheckResult(
-                name, FAIL, f"the EHR redirected back with error={query['error']}", fix
-            )
-        return CheckResult(name, PASS, "client id and redirect URI accepted")
-    if response.status_code >= 400:
+    if ours.accepted and stranger.accepted:
         return CheckResult(
             name,
-            FAIL,
-            f"the authorization endpoint refused the request ({response.status_code})",
-            fix,
+            PASS,
+            "accepted; this server accepts any client id (a test sandbox such as the SMART "
+            "launcher), so there is nothing to register",
         )
-    return CheckResult(name, PASS, "client id and redirect URI accepted (sign-in page shown)")
+    if ours.accepted:
+        page = " (sign-in page shown)" if ours.sign_in_page else ""
+        return CheckResult(name, PASS, f"client id and redirect URI accepted{page}")
+    same_for_anyone = (stranger.status, stranger.error) == (ours.status, ours.error)
+    if same_for_anyone and ours.error and ours.error not in _CLIENT_ERRORS:
+        # Not about who PeerBridge is: the request itself was refused, for any client.
+        return CheckResult(
+            name,
+            WARN,
+            f"the EHR refused the standalone sign-in request for any client id ({ours.refusal}),"
+            " so registration could not be checked",
+            "a launch-specific refusal: try an EHR launch; against the SMART launcher, a "
+            "standalone launch needs the launcher's 'sim' FHIR URL as iss (docs/deploy.md)",
+        )
+    if ours.error:
+        return CheckResult(name, FAIL, f"the EHR refused the request ({ours.refusal})", fix)
+    return CheckResult(
+        name,
+        FAIL,
+        f"the authorization endpoint refused the request ({ours.refusal})",
+        fix,
+    )
 
 
 def _present(

@@ -128,6 +128,33 @@ class Stack:
         response.raise_for_status()
         return response.json() if response.content else {}
 
+    def kill_worker(self) -> None:
+        """kill -9 one gunicorn worker (the master starts another): no graceful anything."""
+        if self.app is None:
+            return
+        children = Path(f"/proc/{self.app.pid}/task/{self.app.pid}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+
+    def referral_count(self, patient: str, identifier: str) -> int:
+        """ServiceRequests with this identifier; -1 when their Tasks are not exactly one each."""
+        requests_ = self.service_requests(patient, identifier)
+        tasks = self._count(patient, "Task", identifier)
+        return requests_ if tasks == requests_ else -1
+
+    def _count(self, patient: str, rtype: str, identifier: str) -> int:
+        body = {"client_id": "peerbridge", "patient": patient, "user": USER}
+        token = self.admin("POST", "tokens", json={**body, "scope": f"patient/{rtype}.rs"})
+        found = requests.get(
+            f"{self.fhir_base}/{rtype}",
+            params={"identifier": f"{SYSTEM}|{identifier}"},
+            headers={"Authorization": f"Bearer {token['access_token']}"},
+            timeout=30,
+        )
+        found.raise_for_status()
+        return len(found.json().get("entry", []))
+
     def service_requests(self, patient: str, identifier: str) -> int:
         """How many ServiceRequests in the EHR carry this referral identifier."""
         body = {"client_id": "peerbridge", "patient": patient, "user": USER}
@@ -404,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     print_report(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return 0 if result["errors"] == 0 else 1
+    p95 = result["steps"]["patient view"]["p95_ms"]
+    return 0 if result["errors"] == 0 and p95 <= 300 else 1
 
 
 if __name__ == "__main__":

@@ -86,6 +86,12 @@ class DirectorySettings:
     source: str = "file"
     path: str = ""
     fhir_base: str = ""
+    editors: tuple[str, ...] = ()
+    reviewers: tuple[str, ...] = ()
+    stale_months: int = 12
+    subscriptions: tuple[str, ...] = ()
+    refresh_minutes: int = 360
+    publish: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from config import Settings, load_settings, require_serving
 from smartapp import security
 from smartapp.cds import views as cds
 from smartapp.directory import store as program_directory
+from smartapp.directory import views as directory_views
 from smartapp.ops import health, observability, storage_errors
 from smartapp.ops.files import private_database, private_dir
 from smartapp.referrals import views as referrals
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     for feature in (
         health,
         program_directory,
+        directory_views,
         launch_views,
         patient,
         referrals,

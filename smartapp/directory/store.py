@@ -1,17 +1,22 @@
-"""The program directory of a running PeerBridge: loaded once at start, from the Bundle file or a
-FHIR server's HealthcareService endpoint (setting `directory.source`), and kept on the app."""
+"""The program directory of a running PeerBridge: kept in the database (`DirectoryRepository`),
+seeded at start from the curated Bundle (setting `directory.path`) or a FHIR server's
+HealthcareService endpoint (`directory.source = "fhir"`), plus the local program files beside
+the curated Bundle; edited in the app; the matching index rebuilt when the directory changes."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from config import Settings, SettingsError
+from fhir_mappings.code_maps import need_codesystem
 from fhir_mappings.directory import DirectoryError, fetch_directory, load_directory_file
 from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
+from smartapp.directory.repository import DirectoryRepository
 
 if TYPE_CHECKING:
     from smartapp.suggest.engine import Directory
@@ -20,6 +25,8 @@ log = logging.getLogger(__name__)
 
 PROGRAMS_KEY = "peerbridge.programs"
 DIRECTORY_KEY = "peerbridge.directory"
+REPOSITORY_KEY = "peerbridge.directory.repository"
+_INDEX_KEY = "peerbridge.directory.index"
 
 
 def load_programs(settings: Settings) -> list[Program]:
@@ -51,11 +58,31 @@ def load_programs(settings: Settings) -> list[Program]:
         ) from exc
 
 
+def local_program_files(settings: Settings) -> list[Program]:
+    """Local programs shipped as `local-*.json` Bundles beside the curated directory."""
+    found: list[Program] = []
+    for path in sorted(settings.directory_path.parent.glob("local-*.json")):
+        try:
+            found += load_directory_file(path)
+        except DirectoryError as exc:
+            log.warning("local program file %s left out: %s", path.name, exc)
+    return found
+
+
 def build_directory(programs: list[Program]) -> Directory:
     """The matching engine's Directory index of the programs."""
     from smartapp.suggest.engine import Directory
 
     return Directory.build(programs)
+
+
+def synonyms() -> dict[str, str]:
+    """Words people search with for each need: its display (the taxonomy's own words)."""
+    return {c["code"]: c["display"] for c in need_codesystem()["concept"]}
+
+
+def open_repository(settings: Settings) -> DirectoryRepository:
+    return DirectoryRepository(settings.database_url, synonyms=synonyms())
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -64,33 +91,78 @@ def init_app(app: Flask, settings: Settings) -> None:
     except SettingsError as exc:
         log.error("program directory not loaded: %s", exc)
         raise
-    app.extensions[PROGRAMS_KEY] = programs
-    try:
-        app.extensions[DIRECTORY_KEY] = build_directory(programs)
-    except ImportError:
-        # The matching engine is optional for the directory itself (e.g. during development).
-        log.warning("smartapp.suggest.engine is missing: directory kept as a plain program list")
-        app.extensions[DIRECTORY_KEY] = None
+    repository = open_repository(settings)
+    added = repository.seed(programs, origin="curated")
+    added += repository.seed(local_program_files(settings), origin="local")
+    app.extensions[REPOSITORY_KEY] = repository
+    app.extensions[_INDEX_KEY] = _Index(repository)
+    # The seed list stays for code that extends it at start (the workspace's own program).
+    app.extensions[PROGRAMS_KEY] = repository.programs()
+    app.extensions[DIRECTORY_KEY] = build_directory(app.extensions[PROGRAMS_KEY])
     log.info(
-        "program directory loaded: %d programs from %s",
-        len(programs),
+        "program directory: %d programs in the database (%d added from %s)",
+        len(app.extensions[PROGRAMS_KEY]),
+        added,
         settings.directory.fhir_base
         if settings.directory.source == "fhir"
         else settings.directory_path,
     )
 
 
-def current_directory() -> Directory:
-    """The Directory built at start for the current app (smartapp.suggest.engine.Directory)."""
-    directory: Directory | None = current_app.extensions.get(DIRECTORY_KEY)
-    if directory is None:
-        raise RuntimeError("the program directory is not loaded (program_directory.init_app)")
-    return directory
+class _Index:
+    """The matching index per tenant, rebuilt when the directory's version moves."""
+
+    def __init__(self, repository: DirectoryRepository) -> None:
+        self.repository = repository
+        self._lock = threading.Lock()
+        self._built: dict[str | None, tuple[int, Directory]] = {}
+
+    def directory(self, tenant: str | None, extra: list[Program]) -> Directory:
+        version = self.repository.version() * 1000 + len(extra)
+        with self._lock:
+            found = self._built.get(tenant)
+            if found is not None and found[0] == version:
+                return found[1]
+        programs = self.repository.programs(tenant)
+        ids = {p.id for p in programs}
+        programs += [p for p in extra if p.id not in ids]
+        built = build_directory(programs)
+        with self._lock:
+            self._built[tenant] = (version, built)
+        return built
 
 
-def current_programs() -> list[Program]:
-    programs: list[Program] = current_app.extensions.get(PROGRAMS_KEY, [])
-    return programs
+def repository() -> DirectoryRepository:
+    found: DirectoryRepository = current_app.extensions[REPOSITORY_KEY]
+    return found
+
+
+def current_directory(tenant: str | None = None) -> Directory:
+    """The matching index of the programs this EHR (`tenant`, its iss) sees, current with every
+    edit; None: every program."""
+    index: _Index | None = current_app.extensions.get(_INDEX_KEY)
+    if index is None:
+        directory: Directory | None = current_app.extensions.get(DIRECTORY_KEY)
+        if directory is None:
+            raise RuntimeError("the program directory is not loaded (program_directory.init_app)")
+        return directory
+    return index.directory(tenant, _extra_programs())
+
+
+def _extra_programs() -> list[Program]:
+    # Programs another feature added to the start-up list, not in the database (retired or
+    # edited rows are the database's business).
+    started: list[Program] = current_app.extensions.get(PROGRAMS_KEY, [])
+    if REPOSITORY_KEY not in current_app.extensions:
+        return started
+    known = repository().records()
+    return [p for p in started if p.id not in known]
+
+
+def current_programs(tenant: str | None = None) -> list[Program]:
+    found = repository().programs(tenant) if REPOSITORY_KEY in current_app.extensions else []
+    ids = {p.id for p in found}
+    return found + [p for p in _extra_programs() if p.id not in ids]
 
 
 def directory_loaded(app: Flask) -> bool:

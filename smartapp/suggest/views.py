@@ -132,7 +132,8 @@ def _settings() -> Settings:
 
 
 def _directory() -> Directory:
-    directory: Directory = current_directory()
+    # The programs this EHR sees: the shared directory and its own local programs.
+    directory: Directory = current_directory(current_launch().iss)
     return directory
 
 

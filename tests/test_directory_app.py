@@ -37,7 +37,7 @@ def add_local_program(app: Flask, sandbox: Sandbox, web: FlaskClient, *, user: s
         "name": NAME,
         "organization": "Valley Children's Hospital",
         "description": "Parents whose child had heart surgery here meet new families.",
-        "description_es": "Padres cuyo hijo tuvo cirugía del corazón aquí acompañan a familias nuevas.",
+        "description_es": "Padres cuyo hijo tuvo cirugía del corazón aquí acompañan a familias.",
         "needs": ["congenital-heart", "cshcn"],
         "supports": ["parent", "family"],
         "age_bands": ["children"],

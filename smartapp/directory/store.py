@@ -82,6 +82,7 @@ def synonyms() -> dict[str, str]:
 
 
 def open_repository(settings: Settings) -> DirectoryRepository:
+    settings.state_path.mkdir(parents=True, exist_ok=True)
     return DirectoryRepository(settings.database_url, synonyms=synonyms())
 
 
@@ -99,6 +100,8 @@ def init_app(app: Flask, settings: Settings) -> None:
     # The seed list stays for code that extends it at start (the workspace's own program).
     app.extensions[PROGRAMS_KEY] = repository.programs()
     app.extensions[DIRECTORY_KEY] = build_directory(app.extensions[PROGRAMS_KEY])
+    if settings.directory.subscriptions and settings.directory.refresh_minutes > 0:
+        _Refresher(repository, settings).start()
     log.info(
         "program directory: %d programs in the database (%d added from %s)",
         len(app.extensions[PROGRAMS_KEY]),
@@ -107,6 +110,29 @@ def init_app(app: Flask, settings: Settings) -> None:
         if settings.directory.source == "fhir"
         else settings.directory_path,
     )
+
+
+class _Refresher(threading.Thread):
+    """Refreshes the subscribed directories at start and every `directory.refresh_minutes`."""
+
+    def __init__(self, repository: DirectoryRepository, settings: Settings) -> None:
+        super().__init__(name="directory-refresh", daemon=True)
+        self.repository = repository
+        self.entries = settings.directory.subscriptions
+        self.every = settings.directory.refresh_minutes * 60.0
+        self.timeout = settings.fhir.timeout_seconds
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from smartapp.directory.exchange import refresh_all
+
+        while not self.stopped.is_set():
+            try:
+                report = refresh_all(self.repository, self.entries, timeout=self.timeout)
+                log.info("directory subscriptions refreshed: %s", report)
+            except Exception:  # a bad source must not stop the next refresh
+                log.exception("directory subscriptions: refresh failed")
+            self.stopped.wait(self.every)
 
 
 class _Index:

@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     validate.add_argument("file")
     export = dsub.add_parser("export", help="write the directory (FHIR Bundle or HSDS 3.0)")
     export.add_argument("--output", "--out", "-o", dest="output", default="-")
-    export.add_argument("--format", choices=["fhir", "hsds"], default="fhir")
-    export.add_argument("--source", choices=["database", "file"], default="database")
+    # Without --format: the configured curated file as it is (validation of what ships).
+    export.add_argument("--format", choices=["fhir", "hsds"], default=None)
     importing = dsub.add_parser("import", help="import programs from HSDS 3.0 or a FHIR endpoint")
     source = importing.add_mutually_exclusive_group(required=True)
     source.add_argument("--hsds", metavar="FILE")

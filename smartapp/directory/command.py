@@ -26,9 +26,9 @@ def run_directory(args: argparse.Namespace) -> int:
     if args.directory_command == "validate":
         return validate_file(Path(args.file))
     if args.directory_command == "export":
-        if getattr(args, "source", "database") == "file":
+        if getattr(args, "format", None) is None:
             return export(args.output)
-        return export_database(args.output, getattr(args, "format", "fhir"))
+        return export_database(args.output, args.format)
     if args.directory_command == "import":
         return import_directory(args)
     if args.directory_command == "refresh":

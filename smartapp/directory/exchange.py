@@ -92,8 +92,15 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+_PATTERNS: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+
 def _has(words: tuple[str, ...], text: str) -> bool:
-    return any(re.search(rf"(?<![a-z]){re.escape(w)}(?![a-z])", text) for w in words)
+    pattern = _PATTERNS.get(words)
+    if pattern is None:
+        alternatives = "|".join(re.escape(w) for w in words)
+        pattern = _PATTERNS[words] = re.compile(rf"(?<![a-z])(?:{alternatives})(?![a-z])")
+    return pattern.search(text) is not None
 
 
 def _needs(service: dict[str, Any], text: str) -> set[str]:

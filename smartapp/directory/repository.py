@@ -307,21 +307,30 @@ class DirectoryRepository:
         counts["retired"] = 0
         now = self.clock()
         seen: set[str] = set()
+        used = set(records)
+        new_rows: list[dict[str, Any]] = []
+        new_changes: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
             for incoming in programs:
                 program = replace(incoming, source=source, tenant="", local=False)
                 mine = by_source.get((source, incoming.id))
                 if mine is None:
-                    twin = by_name.get((normalized(program.name), normalized(program.organization)))
-                    if twin is not None:
+                    key = (normalized(program.name), normalized(program.organization))
+                    if key in by_name:
                         counts["duplicates"] += 1
                         continue
-                    row_id = self._free_id(conn, program.id, records)
+                    row_id = _free_id(program.id, used)
+                    used.add(row_id)
                     program = replace(program, id=row_id)
-                    self._write(
-                        conn, program, now=now, who=source, origin="imported", source_id=incoming.id
+                    by_name[key] = _imported(program, source, now)
+                    new_rows.append(
+                        self._row(
+                            program, now=now, who=source, origin="imported", source_id=incoming.id
+                        )
                     )
-                    self._log(conn, program.id, "import", None, program, source, "imported", now)
+                    new_changes.append(
+                        _change_row(program.id, "import", None, program, source, "imported", now)
+                    )
                     counts["added"] += 1
                     seen.add(row_id)
                     continue
@@ -339,6 +348,14 @@ class DirectoryRepository:
                         conn, program.id, "import", mine.program, program, source, "refreshed", now
                     )
                     counts["refreshed"] += 1
+            if new_rows:
+                conn.execute(insert(directory_program), new_rows)
+                conn.execute(insert(directory_change), new_changes)
+                if self.sqlite:
+                    conn.execute(
+                        text("INSERT INTO directory_fts (program_id, body) VALUES (:id, :body)"),
+                        [{"id": r["id"], "body": r["search_text"]} for r in new_rows],
+                    )
             for (from_source, _), record in by_source.items():
                 if from_source == source and record.program.id not in seen and record.active:
                     if record.local_edit:
@@ -362,19 +379,6 @@ class DirectoryRepository:
             if any(counts[k] for k in ("added", "refreshed", "retired")):
                 self._bump(conn)
         return counts
-
-    def _free_id(self, conn: Connection, wanted: str, records: dict[str, ProgramRecord]) -> str:
-        base = re.sub(r"[^A-Za-z0-9\-.]+", "-", wanted)[:56] or "program"
-        candidate, n = base, 1
-        while (
-            candidate in records
-            or conn.execute(
-                select(directory_program.c.id).where(directory_program.c.id == candidate)
-            ).first()
-        ):
-            n += 1
-            candidate = f"{base}-{n}"
-        return candidate
 
     # -- edits ---------------------------------------------------------------------------------
 
@@ -508,18 +512,17 @@ class DirectoryRepository:
         source: str | None = None,
         source_id: str = "",
     ) -> None:
-        values = {
-            "tenant": program.tenant if tenant is None else tenant,
-            "status": "active",
-            "origin": origin,
-            "source": program.source if source is None else source,
-            "source_id": source_id,
-            "local_edit": local_edit,
-            "data": json.dumps(program_to_dict(program), ensure_ascii=False),
-            "search_text": search_text(program, self.synonyms),
-            "updated_at": now,
-            "updated_by": who,
-        }
+        values = self._row(
+            program,
+            now=now,
+            who=who,
+            origin=origin,
+            tenant=tenant,
+            local_edit=local_edit,
+            source=source,
+            source_id=source_id,
+        )
+        del values["id"]
         changed = conn.execute(
             update(directory_program).where(directory_program.c.id == program.id).values(**values)
         ).rowcount
@@ -533,6 +536,32 @@ class DirectoryRepository:
                 text("INSERT INTO directory_fts (program_id, body) VALUES (:id, :body)"),
                 {"id": program.id, "body": values["search_text"]},
             )
+
+    def _row(
+        self,
+        program: Program,
+        *,
+        now: float,
+        who: str,
+        origin: str,
+        tenant: str | None = None,
+        local_edit: bool = False,
+        source: str | None = None,
+        source_id: str = "",
+    ) -> dict[str, Any]:
+        return {
+            "id": program.id,
+            "tenant": program.tenant if tenant is None else tenant,
+            "status": "active",
+            "origin": origin,
+            "source": program.source if source is None else source,
+            "source_id": source_id,
+            "local_edit": local_edit,
+            "data": json.dumps(program_to_dict(program), ensure_ascii=False),
+            "search_text": search_text(program, self.synonyms),
+            "updated_at": now,
+            "updated_by": who,
+        }
 
     def _log(
         self,
@@ -718,6 +747,44 @@ class DirectoryRepository:
     def unsubscribe(self, url: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(directory_subscription).where(directory_subscription.c.url == url))
+
+
+def _free_id(wanted: str, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9\-.]+", "-", wanted)[:56] or "program"
+    candidate, n = base, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def _imported(program: Program, source: str, now: float) -> ProgramRecord:
+    moment = datetime.fromtimestamp(now, UTC)
+    return ProgramRecord(program, "active", "imported", "", source, False, None, "", moment, source)
+
+
+def _change_row(
+    program_id: str,
+    action: str,
+    before: Program | None,
+    after: Program | None,
+    who: str,
+    why: str,
+    now: float,
+) -> dict[str, Any]:
+    return {
+        "program_id": program_id,
+        "tenant": "",
+        "action": action,
+        "status": "live",
+        "who": who,
+        "why": why,
+        "at": now,
+        "before": json.dumps(program_to_dict(before)) if before else "",
+        "after": json.dumps(program_to_dict(after)) if after else "",
+        "reviewed_by": "",
+        "reviewed_at": None,
+    }
 
 
 def warnings(record: ProgramRecord, *, today: date, stale_months: int) -> list[str]:

@@ -210,6 +210,11 @@ class DirectoryRepository:
                 )
         self._lock = threading.Lock()
         self._cache: tuple[int, dict[str, ProgramRecord]] = (-1, {})
+        self._sorted: tuple[dict[str, ProgramRecord] | None, list[ProgramRecord]] = (None, [])
+        self._need_index: tuple[list[ProgramRecord] | None, dict[str, list[ProgramRecord]]] = (
+            None,
+            {},
+        )
 
     # -- version and cache ---------------------------------------------------------------------
 
@@ -241,6 +246,29 @@ class DirectoryRepository:
         with self._lock:
             self._cache = (current, found)
         return found
+
+    def _by_name_and_need(self) -> dict[str, list[ProgramRecord]]:
+        ordered = self._by_name()
+        with self._lock:
+            if self._need_index[0] is ordered:
+                return self._need_index[1]
+        index: dict[str, list[ProgramRecord]] = {}
+        for record in ordered:
+            for code in record.program.needs:
+                index.setdefault(code, []).append(record)
+        with self._lock:
+            self._need_index = (ordered, index)
+        return index
+
+    def _by_name(self) -> list[ProgramRecord]:
+        records = self.records()
+        with self._lock:
+            if self._sorted[0] is records:
+                return self._sorted[1]
+        ordered = sorted(records.values(), key=lambda r: r.program.name.casefold())
+        with self._lock:
+            self._sorted = (records, ordered)
+        return ordered
 
     def get(self, program_id: str) -> ProgramRecord | None:
         return self.records().get(program_id)
@@ -664,14 +692,22 @@ class DirectoryRepository:
     ) -> tuple[list[ProgramRecord], int]:
         """Programs matching the words (full text) and every filter given: (page, total)."""
         records = self.records()
-        ranked: list[str] | None = None
+        candidates: Iterable[ProgramRecord]
         if query.strip():
-            ranked = self._full_text(query)
-        candidates: Iterable[ProgramRecord] = (
-            (records[i] for i in ranked if i in records)
-            if ranked is not None
-            else sorted(records.values(), key=lambda r: r.program.name.casefold())
-        )
+            hits = self._full_text(query)
+            words = [w.casefold() for w in _WORD.findall(query)]
+            # Names holding every word first, then by name: a person's reading of relevance.
+            candidates = sorted(
+                (records[i] for i in hits if i in records),
+                key=lambda r: (
+                    not all(w in r.program.name.casefold() for w in words),
+                    r.program.name.casefold(),
+                ),
+            )
+        elif need:
+            candidates = self._by_name_and_need().get(need, [])
+        else:
+            candidates = self._by_name()
         found = []
         for record in candidates:
             p = record.program
@@ -702,10 +738,7 @@ class DirectoryRepository:
             if self.sqlite:
                 match = " AND ".join(f'"{w}"*' for w in words)
                 rows = conn.execute(
-                    text(
-                        "SELECT program_id FROM directory_fts WHERE directory_fts MATCH :q "
-                        "ORDER BY bm25(directory_fts) LIMIT 2000"
-                    ),
+                    text("SELECT program_id FROM directory_fts WHERE directory_fts MATCH :q"),
                     {"q": match},
                 ).all()
             else:
@@ -713,9 +746,7 @@ class DirectoryRepository:
                 rows = conn.execute(
                     text(
                         "SELECT id FROM directory_program WHERE "
-                        "to_tsvector('simple', search_text) @@ to_tsquery('simple', :q) "
-                        "ORDER BY ts_rank(to_tsvector('simple', search_text), "
-                        "to_tsquery('simple', :q)) DESC LIMIT 2000"
+                        "to_tsvector('simple', search_text) @@ to_tsquery('simple', :q)"
                     ),
                     {"q": tsquery},
                 ).all()

@@ -380,3 +380,15 @@ def test_read_chart_keeps_related_persons_of_this_patient_only(ehr: ScriptedServ
     ehr.json("/fhir/RelatedPerson", searchset([mother, stranger]))
     chart = read_chart(FhirClient(ehr.url("/fhir"), token=lambda: "t"), "p1")
     assert [r.id for r in chart.related_persons] == ["rp-own"]
+
+
+def test_the_about_page_with_a_malformed_patient_is_a_clear_502_page(
+    ehr: ScriptedServer, tmp_path: Path
+) -> None:
+    app = hostile_app(ehr, tmp_path)
+    for name in ({"text": "not a list"}, ["a string"], [{"given": "Ana", "family": 7}]):
+        ehr.json("/fhir/Patient/p1", patient(name=name))
+        browser, url = open_patient_view(app, ehr)
+        page = browser.get(url.replace("/patient", "/about"))
+        assert page.status_code in (200, 502), name
+        assert "Traceback" not in page.get_data(as_text=True)

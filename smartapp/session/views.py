@@ -25,7 +25,7 @@ from flask_session.base import ServerSideSession, ServerSideSessionInterface
 from werkzeug.routing import BuildError
 
 from config import Settings
-from fhir_mappings.chart import ChartError
+from fhir_mappings.chart import ChartError, patient_facts
 from fhir_mappings.fhir_client import FhirAuthError, FhirError, FhirUnavailable, TooManyPages
 from launch.client_auth import public_jwks
 from launch.errors import LaunchError
@@ -115,7 +115,8 @@ def about() -> ResponseReturnValue:
     ctx = current_launch()
     patient_name = ""
     if ctx.patient_id and ctx.can_read("Patient"):
-        patient_name = _patient_name(fhir_client().read("Patient", ctx.patient_id))
+        # The chart reader's name: a malformed Patient is a ChartError page, never a 500.
+        patient_name = patient_facts(fhir_client().read("Patient", ctx.patient_id)).name
     try:
         patient_url = url_for("patient.view")  # the handle is filled in by _fill_handle
     except BuildError:
@@ -123,14 +124,6 @@ def about() -> ResponseReturnValue:
     return render_template(
         "launch_about.html", ctx=ctx, patient_name=patient_name, patient_url=patient_url
     )
-
-
-def _patient_name(patient: dict[str, Any]) -> str:
-    names = patient.get("name") or []
-    official = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
-    if official.get("text"):
-        return str(official["text"])
-    return " ".join([*official.get("given", []), official.get("family", "")]).strip()
 
 
 _REFUSALS = {

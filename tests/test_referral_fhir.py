@@ -416,6 +416,8 @@ def test_search_referrals_follows_pages_of_two(client: FhirClient) -> None:
     for identifier in mine:
         referral = make_referral(identifier=identifier)
         send_bundle(client, referral_transaction(referral, identifier_system=SYSTEM))
+    # Pages of two over every referral this test session wrote: past the default page cap.
+    client.max_pages = 10_000
     pairs = search_referrals(client, SYSTEM, patient_id=PATIENT, page_size=2)
     found = {referral_view(sr, t, SYSTEM).identifier: t for sr, t in pairs}
     assert mine <= set(found) and all(found[i] is not None for i in mine)

@@ -64,7 +64,7 @@ PROBLEM_KEYS = {"resource": str, "message": str}
 # Seeded patients (ehr_sandbox/seed/README.md) with a clear pick: programs that must be in the
 # top 3, and the one that must come first when a social worker would not hesitate.
 SEEDED_TOP3: dict[str, tuple[set[str], str | None]] = {
-    "peds-chd-hlhs": ({"sistersbyheart", "p2pusa"}, "sistersbyheart"),
+    "peds-chd-hlhs": ({"familyvoices-f2f", "handtohold", "sistersbyheart"}, "familyvoices-f2f"),
     "peds-gtube-rare": ({"p2pusa"}, "p2pusa"),
     "peds-autism": ({"autismsociety"}, "autismsociety"),
     "peds-down": ({"dsdn"}, "dsdn"),
@@ -193,7 +193,9 @@ def test_text_output_ranks_programs_with_reasons_and_lists_exclusions(
     argv = ["suggest", "--bundle", vignette("01-hlhs-infant-spanish-family"), "--limit", "3"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert " 1. Sisters by Heart [sistersbyheart]" in out
+    # The family speaks Spanish: a Spanish-capable program leads (issue 17).
+    assert " 1. Family Voices" in out
+    assert " 3. Sisters by Heart [sistersbyheart]" in out
     assert "+ Hypoplastic left heart syndrome (Q23.4)" in out
     assert "- English only" in out
     assert "Fits a need but excluded (" in out

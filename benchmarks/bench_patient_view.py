@@ -37,6 +37,7 @@ from config import load_settings  # noqa: E402
 from fhir_mappings.fhir_client import FhirClient  # noqa: E402
 from launch.context import LaunchContext  # noqa: E402
 from smartapp.app import create_app  # noqa: E402
+from smartapp.db.schema import upgrade_all  # noqa: E402
 from smartapp.ops.demo import free_port, sandbox_command, wait_until_up  # noqa: E402
 from smartapp.suggest.views import Filters, patient_page  # noqa: E402
 
@@ -136,7 +137,9 @@ def _settings(state: Path, iss: str) -> Any:
 def render_times(runs: int) -> tuple[list[float], int, int]:
     patient, conditions = chart_json()
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(_settings(Path(tmp), BASE))
+        settings = _settings(Path(tmp), BASE)
+        upgrade_all(settings)  # as `peerbridge serve` does before its workers start
+        app = create_app(settings)
         adapter = InMemoryFhir(patient, conditions)
         session = requests.Session()
         session.mount("https://ehr.bench/", adapter)
@@ -204,7 +207,9 @@ def ehr_calls_in_a_real_launch() -> tuple[int, Counter[str], int]:
                     "launch_url": "http://localhost/launch",
                 },
             )
-            app = create_app(_settings(state / "app", f"{ehr}/fhir"))
+            settings = _settings(state / "app", f"{ehr}/fhir")
+            upgrade_all(settings)
+            app = create_app(settings)
             web = app.test_client()
             launch = admin(
                 "POST",

@@ -1,23 +1,23 @@
 """Condition codes to peer-support needs, read from the FHIR CodeSystem and ConceptMaps in data/.
 
-ICD-10-CM sources stand for themselves and all their descendants (walked with `simple-icd-10-cm`,
-the CMS code set); a source `A-B` is a range of codes and their descendants. When several sources
-cover a code, the narrower one wins, so a `disjoint` target on F17 takes nicotine out of F10-F19.
-SNOMED CT has no hierarchy offline: its ConceptMap lists concepts one by one. A need may name a
-broader one as its `parent` in the CodeSystem (drug use within substance use). Also the USPS state
-and language names.
+ICD-10-CM sources stand for themselves and all their descendants in the CMS code set; a source
+`A-B` is a range of codes and their descendants; when several sources cover a code, the narrower
+one wins (a `disjoint` target on F17 takes nicotine out of F10-F19). That expansion is done at
+build time (`icd_expansion.py`, with the `simple-icd-10-cm` code set) into
+`data/icd10cm-needs-expanded.json`; here a lookup walks up the code's prefixes in that table
+(E11.9X -> E11.9 -> E11), so nothing loads the code set at run time. SNOMED CT has no hierarchy
+offline: its ConceptMap lists concepts one by one. A need may name a broader one as its `parent`
+in the CodeSystem (drug use within substance use). Also the USPS state and language names.
 """
 
 from __future__ import annotations
 
-import bisect
 import copy
-import importlib
+import hashlib
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -26,42 +26,47 @@ from fhir_mappings.domain import ICD10CM, SNOMED, CodedCondition, Coding, Need
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 NEEDS_FILE = DATA_DIR / "needs.json"
-CONCEPT_MAP_FILES = (
-    DATA_DIR / "conceptmap-icd10cm-needs.json",
-    DATA_DIR / "conceptmap-snomed-needs.json",
-)
+ICD_CONCEPT_MAP_FILE = DATA_DIR / "conceptmap-icd10cm-needs.json"
+CONCEPT_MAP_FILES = (ICD_CONCEPT_MAP_FILE, DATA_DIR / "conceptmap-snomed-needs.json")
+ICD_EXPANSION_FILE = DATA_DIR / "icd10cm-needs-expanded.json"
 NEEDS_SYSTEM = "https://peerbridge.example.org/fhir/CodeSystem/needs"
-
-
-@cache
-def _icd() -> Any:
-    # The official code set takes over a second to load: only code maps need it, not the
-    # directory or the reference tables below.
-    return importlib.import_module("simple_icd_10_cm")
-
 
 # A patient's ICD-10-CM code: a letter, two letters or digits (QA0 is new in FY2025), then up to
 # four after the dot.
 # Chapters ("4") and blocks ("E08-E13") are valid items in the code set but never a diagnosis.
-_ICD_CODE = re.compile(r"^[A-Z][0-9A-Z][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
+ICD_CODE = re.compile(r"^[A-Z][0-9A-Z][0-9A-Z](\.?[0-9A-Z]{1,4})?$")
 
 
 class CodeMapError(ValueError):
     """A code-map data file is inconsistent (unknown need, unknown ICD-10-CM code)."""
 
 
-@dataclass(frozen=True)
-class _Rule:
-    adds: frozenset[str]
-    removes: frozenset[str]
-    size: int  # how many ICD-10-CM items it covers: narrower rules apply last and win
-    order: int
+def icd_lookup(table: Mapping[str, Collection[str]], undotted: str) -> frozenset[str]:
+    """Needs of an undotted ICD-10-CM code in an expansion table: the entry of the code or of the
+    nearest code it begins with. A code newer than the code set the table was built from thus
+    falls back to its nearest known ancestor (E119X -> E119)."""
+    code = undotted
+    while len(code) >= 3:
+        found = table.get(code)
+        if found is not None:
+            return frozenset(found)
+        code = code[:-1]
+    return frozenset()
 
 
 class CodeMap:
-    """Needs for codings and conditions; build once (`load_default`) and share, it is read-only."""
+    """Needs for codings and conditions; build once (`load_default`) and share, it is read-only.
 
-    def __init__(self, code_system: Mapping[str, Any], concept_maps: Sequence[Mapping[str, Any]]):
+    `icd_table` is the build-time expansion of the ICD-10-CM ConceptMap (see icd_expansion.py);
+    without it the maps are expanded here, which needs the `simple-icd-10-cm` development package
+    (tests of hand-made maps do that)."""
+
+    def __init__(
+        self,
+        code_system: Mapping[str, Any],
+        concept_maps: Sequence[Mapping[str, Any]],
+        icd_table: Mapping[str, Collection[str]] | None = None,
+    ):
         self._needs: dict[str, Need] = {}
         parents: dict[str, str] = {}
         for concept in code_system.get("concept", []):
@@ -75,20 +80,19 @@ class CodeMap:
         self._broader = {code: self._ancestors(code, parents) for code in self._needs}
         self._maps = [copy.deepcopy(dict(m)) for m in concept_maps]
         self._snomed: dict[str, frozenset[str]] = {}
-        self._icd_items: dict[str, list[_Rule]] = {}  # keyed by code, block or chapter
-        self._icd_ranges: dict[str, list[_Rule]] = {}  # ranges that are not official blocks
         self._cache: dict[tuple[str, str], frozenset[str]] = {}
-        order = 0
         for concept_map in self._maps:
             for group in concept_map.get("group", []):
                 for element in group.get("element", []):
                     adds, removes = self._targets(element)
-                    if group.get("source") == ICD10CM:
-                        order += 1
-                        self._add_icd(element["code"], adds, removes, order)
-                    elif group.get("source") == SNOMED:
+                    if group.get("source") == SNOMED:
                         known = self._snomed.get(element["code"], frozenset())
                         self._snomed[element["code"]] = (known | adds) - removes
+        if icd_table is None:
+            from fhir_mappings.icd_expansion import expand  # build time: loads the code set
+
+            icd_table = expand(self._maps, self._needs)
+        self._icd: dict[str, frozenset[str]] = {k: frozenset(v) for k, v in icd_table.items()}
 
     @classmethod
     def load_default(cls) -> CodeMap:
@@ -153,74 +157,11 @@ class CodeMap:
             (removes if target.get("equivalence") == "disjoint" else adds).add(code)
         return frozenset(adds), frozenset(removes)
 
-    def _add_icd(
-        self, source: str, adds: frozenset[str], removes: frozenset[str], order: int
-    ) -> None:
-        first, _, last = source.partition("-")
-        if not last:
-            if not _ICD_CODE.match(source) or not _icd().is_valid_item(source):
-                raise CodeMapError(f"{source!r} is not an ICD-10-CM code")
-            size = len(_icd().get_descendants(source)) + 1
-            key = str(_icd().add_dot(source))
-            self._icd_items.setdefault(key, []).append(_Rule(adds, removes, size, order))
-            return
-        if not (_icd().is_valid_item(first) and _icd().is_valid_item(last)):
-            raise CodeMapError(f"{source!r} is not a range of ICD-10-CM codes")
-        # Ranges are expanded even when they are official blocks: the package does not list
-        # every block among a code's ancestors (C50.911 has no C00-C96 above it).
-        covered = _codes_between(first, last)
-        rule = _Rule(adds, removes, len(covered), order)
-        for code in covered:
-            self._icd_ranges.setdefault(code, []).append(rule)
-
     def _icd_needs(self, raw: str) -> frozenset[str]:
-        code = _canonical_icd(raw)
-        if not code:
+        code = raw.strip().upper()
+        if not ICD_CODE.match(code):
             return frozenset()
-        rules: list[_Rule] = []
-        rules.extend(self._icd_ranges.get(code, ()))
-        for item in (code, *_icd().get_ancestors(code)):
-            rules.extend(self._icd_items.get(item, ()))
-        needs: set[str] = set()
-        for rule in sorted(rules, key=lambda r: (-r.size, r.order)):
-            needs |= rule.adds
-            needs -= rule.removes
-        return frozenset(needs)
-
-
-def _canonical_icd(raw: str) -> str:
-    """The dotted code in the code set, or "" when it is not an ICD-10-CM diagnosis code.
-
-    EHRs send codes with or without the dot; a code newer than the bundled code set falls back
-    to its nearest known ancestor (E11.9X -> E11.9), so a new subcode still finds its group.
-    """
-    code = raw.strip().upper()
-    if not _ICD_CODE.match(code):
-        return ""
-    undotted = code.replace(".", "")
-    while len(undotted) >= 3:
-        if _icd().is_valid_item(undotted):
-            return str(_icd().add_dot(undotted))
-        undotted = undotted[:-1]
-    return ""
-
-
-@cache
-def _sorted_codes() -> tuple[str, ...]:
-    return tuple(sorted(c for c in _icd().get_all_codes(True) if _ICD_CODE.match(c)))
-
-
-def _codes_between(first: str, last: str) -> list[str]:
-    """Every code from `first` through `last`, descendants of `last` included."""
-    codes = _sorted_codes()
-    start = bisect.bisect_left(codes, _icd().add_dot(first))
-    end = _icd().add_dot(last)
-    covered = []
-    for code in codes[start:]:
-        if code > end and not code.startswith(end):
-            break
-        covered.append(code)
-    return covered
+        return icd_lookup(self._icd, code.replace(".", ""))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -233,21 +174,26 @@ def need_codesystem() -> dict[str, Any]:
     return _read_json(NEEDS_FILE)
 
 
-_BUILD_LOCK = threading.Lock()
-_DEFAULT_MAPS: list[CodeMap] = []
+_DEFAULT_LOCK = threading.Lock()
+_default: list[CodeMap] = []
 
 
 def _default_code_map() -> CodeMap:
-    # Built once per process, by one thread: a gunicorn thread serving CDS Hooks and one serving
-    # the patient view may both ask first, and simple_icd_10_cm fails while it is still loading.
-    # The second waits for the first's map instead of building its own.
-    if not _DEFAULT_MAPS:
-        with _BUILD_LOCK:
-            if not _DEFAULT_MAPS:
-                _DEFAULT_MAPS.append(
-                    CodeMap(need_codesystem(), [_read_json(p) for p in CONCEPT_MAP_FILES])
+    # Once per process, under a lock: request threads of a fresh worker may all ask at once.
+    if _default:
+        return _default[0]
+    with _DEFAULT_LOCK:
+        if not _default:
+            expansion = _read_json(ICD_EXPANSION_FILE)
+            digest = hashlib.sha256(ICD_CONCEPT_MAP_FILE.read_bytes()).hexdigest()
+            if expansion.get("conceptMapSha256") != digest:
+                raise CodeMapError(
+                    f"{ICD_EXPANSION_FILE.name} was built from another version of"
+                    f" {ICD_CONCEPT_MAP_FILE.name}: run `python -m fhir_mappings.icd_expansion`"
                 )
-    return _DEFAULT_MAPS[0]
+            maps = [_read_json(p) for p in CONCEPT_MAP_FILES]
+            _default.append(CodeMap(need_codesystem(), maps, expansion["codes"]))
+        return _default[0]
 
 
 @cache

@@ -17,9 +17,6 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlencode, urlparse
 
-from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
-
 from fhir_mappings.code_maps import languages, need_codesystem, us_states
 from fhir_mappings.domain import AGE_BANDS, EHR_TASK, MODES, SUPPORTED, Contact, Coverage, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
@@ -745,8 +742,12 @@ def programs_to_bundle(programs: Iterable[Program]) -> dict[str, Any]:
 # -- Validation and loading ----------------------------------------------------------------------
 
 
-def validate_bundle(bundle: Any) -> list[DirectoryProblem]:
-    """Every problem of a directory Bundle, each with where it is; [] when PeerBridge can use it."""
+def validate_bundle(bundle: Any, *, r4_structure: bool = True) -> list[DirectoryProblem]:
+    """Every problem of a directory Bundle, each with where it is; [] when PeerBridge can use it.
+
+    `r4_structure=False` skips the FHIR R4 structure check of each resource (fhir.resources, the
+    slow part) and keeps PeerBridge's own rules: only for a file whose structure was already
+    checked, such as the shipped directory (tests/test_directory.py checks it on every run)."""
     if not isinstance(bundle, dict):
         return [
             DirectoryProblem(
@@ -769,7 +770,8 @@ def validate_bundle(bundle: Any) -> list[DirectoryProblem]:
             {k: v for k, v in e.items() if k != "resource"} for e in entries if isinstance(e, dict)
         ],
     }
-    problems += _schema_problems(shell, "Bundle", "")
+    if r4_structure:
+        problems += _schema_problems(shell, "Bundle", "")
     if bundle.get("type") not in ("collection", "searchset", "batch", "transaction"):
         problems.append(
             DirectoryProblem("type", f"expected a collection Bundle, got {bundle.get('type')!r}")
@@ -791,7 +793,8 @@ def validate_bundle(bundle: Any) -> list[DirectoryProblem]:
                 )
             )
             continue
-        problems += _schema_problems(resource, str(rtype), where)
+        if r4_structure:
+            problems += _schema_problems(resource, str(rtype), where)
         rid = resource.get("id")
         if not isinstance(rid, str) or not _ID.match(rid):
             problems.append(DirectoryProblem(where + ".id", "every resource needs a valid id"))
@@ -820,6 +823,10 @@ def validate_bundle(bundle: Any) -> list[DirectoryProblem]:
 
 
 def _schema_problems(resource: Mapping[str, Any], rtype: str, where: str) -> list[DirectoryProblem]:
+    # Imported here: the R4 models take a large share of a short command's start-up.
+    from fhir.resources.R4B import get_fhir_model_class
+    from pydantic import ValidationError
+
     try:
         get_fhir_model_class(rtype).model_validate(dict(resource))
     except ValidationError as exc:
@@ -853,7 +860,7 @@ def programs_from_bundle(bundle: Mapping[str, Any]) -> list[Program]:
     ]
 
 
-def load_directory_file(path: Path) -> list[Program]:
+def load_directory_file(path: Path, *, r4_structure: bool = True) -> list[Program]:
     """The programs of a directory Bundle file; DirectoryError lists every problem."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -864,7 +871,7 @@ def load_directory_file(path: Path) -> list[Program]:
     except json.JSONDecodeError as exc:
         where = f"{path}:{exc.lineno}:{exc.colno}"
         raise DirectoryError([DirectoryProblem(where, f"not valid JSON: {exc.msg}")]) from exc
-    problems = validate_bundle(bundle)
+    problems = validate_bundle(bundle, r4_structure=r4_structure)
     if problems:
         raise DirectoryError(problems)
     return programs_from_bundle(bundle)

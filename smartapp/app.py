@@ -5,8 +5,9 @@ from __future__ import annotations
 from flask import Flask
 
 from config import Settings, load_settings, require_serving
-from smartapp import security
+from smartapp import pages, security
 from smartapp.cds import views as cds
+from smartapp.db import schema
 from smartapp.directory import store as program_directory
 from smartapp.directory import views as directory_views
 from smartapp.ops import health, observability, storage_errors
@@ -31,9 +32,16 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     # Tokens and referrals live here: 0700 folder, 0600 files, before any store opens them.
     private_dir(settings.state_path)
     private_database(settings.database_url)
+    if testing:
+        schema.upgrade_all(settings)  # each test's fresh state directory gets the schema
+    else:
+        # Served apps never issue DDL: `peerbridge migrate` (run by serve and demo before gunicorn
+        # forks) did it once. A database behind the code stops the worker here, by name.
+        schema.require_current(settings)
 
     observability.init_app(app, settings)
     security.init_app(app, settings)
+    pages.init_app(app, settings)  # the front page and every error page
     # Each feature hangs its resources off the app (stores, directory, outbox) in init_app.
     for feature in (
         health,
@@ -48,6 +56,8 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     ):
         feature.init_app(app, settings)
     storage_errors.init_app(app)  # last: wraps the session interface the features set up
+    if not testing:
+        health.warm_up(app)  # the first patient view must not pay for loading
     return app
 
 

@@ -52,6 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--bind", default="127.0.0.1:8000")
     serve.add_argument("--workers", type=int, default=2)
 
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or update the database schema (serve and demo do it before starting)",
+    )
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="only say whether the schema is current (exit 1 if not)",
+    )
+
     sandbox = sub.add_parser("sandbox", help="run the dev EHR (FHIR R4 + SMART auth server)")
     sandbox.add_argument("args", nargs=argparse.REMAINDER, help="passed to python -m ehr_sandbox")
 
@@ -119,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from smartapp.ops.demo import run_serve
 
             return run_serve(args)
+        if args.command == "migrate":
+            from smartapp.db.command import run_migrate
+
+            return run_migrate(args)
         if args.command == "sandbox":
             from smartapp.ops.demo import run_sandbox
 

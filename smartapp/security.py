@@ -7,9 +7,11 @@ from __future__ import annotations
 import secrets
 
 from flask import Flask, Response, g
-from flask_wtf.csrf import CSRFProtect
+from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from config import Settings
+from smartapp.pages import error_page
 
 csrf = CSRFProtect()
 
@@ -20,6 +22,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         WTF_CSRF_SSL_STRICT=False,  # framed POSTs carry the EHR's Referer, not ours
     )
     csrf.init_app(app)
+    app.register_error_handler(CSRFError, _csrf_error)
     ancestors = " ".join(("'self'", *settings.app.frame_ancestors))
     hsts = (
         f"max-age={settings.app.hsts_seconds}; includeSubDomains"
@@ -57,3 +60,12 @@ def init_app(app: Flask, settings: Settings) -> None:
         if hsts:
             response.headers["Strict-Transport-Security"] = hsts
         return response
+
+
+def _csrf_error(exc: CSRFError) -> ResponseReturnValue:
+    return error_page(
+        400,
+        "This form could not be accepted",
+        "PeerBridge refused it because its security token (CSRF) was missing or too old, so"
+        " nothing was saved. Go back, reload the page and send it again.",
+    )

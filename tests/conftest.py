@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from config import Settings, load_settings
+from smartapp.db.schema import upgrade
 from smartapp.ops.demo import free_port, sandbox_command, wait_until_up
 from tests.medplum_server import Medplum, start_medplum
 
@@ -152,6 +153,13 @@ def second_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox
     box.process.terminate()
     box.process.wait(timeout=10)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def migrated_sqlite(path: Path) -> str:
+    """A SQLite URL for `path` with PeerBridge's schema applied (as `peerbridge migrate` does)."""
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    return url
 
 
 def app_settings(sandbox: Sandbox, tmp_path: Path, **sections: dict[str, Any]) -> Settings:

@@ -28,6 +28,7 @@ from config import load_settings
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from smartapp.app import create_app
 from smartapp.cds.service import PREFETCH
+from smartapp.db.schema import upgrade_all
 from smartapp.ops.demo import demo_wiring, free_port, sandbox_command, wait_until_up
 from tests.conftest import SUBSPECIALIST
 
@@ -68,7 +69,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     )
     env["PEERBRIDGE_APP_SESSION_COOKIE_SECURE"] = "false"
     env["PEERBRIDGE_APP_LOG_FORMAT"] = "text"
-    app = create_app(load_settings(environ=env))
+    settings = load_settings(environ=env)
+    upgrade_all(settings)  # as `peerbridge serve` does before its workers start
+    app = create_app(settings)
     server = make_server(HOST, app_port, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     ehr = f"http://{HOST}:{ehr_port}"

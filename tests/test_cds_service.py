@@ -41,7 +41,7 @@ from tests.cds_support import (
     sign,
     start_jwks_server,
 )
-from tests.conftest import SUBSPECIALIST, Sandbox
+from tests.conftest import SUBSPECIALIST, Sandbox, migrated_sqlite
 
 PATIENT = "peds-chd-hlhs"
 SERVICE_PATH = "/cds-services/peerbridge-peer-support"
@@ -407,7 +407,7 @@ def test_feedback_on_a_card_peerbridge_never_gave_this_ehr_is_refused(
 
 
 def test_a_card_given_to_one_ehr_takes_no_feedback_from_another(tmp_path: Any) -> None:
-    store = FeedbackStore(create_engine(f"sqlite:///{tmp_path / 'cds.sqlite3'}"))
+    store = FeedbackStore(create_engine(migrated_sqlite(tmp_path / "cds.sqlite3")))
     card = {"uuid": str(uuid.uuid4())}
     store.issued([card], tenant="https://ehr-1.example.org", patient_id="p1")
     item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-25"}

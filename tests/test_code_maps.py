@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +13,9 @@ import simple_icd_10_cm as icd
 from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.conceptmap import ConceptMap
 
+from fhir_mappings import code_maps
 from fhir_mappings.code_maps import (
+    ICD_EXPANSION_FILE,
     NEEDS_FILE,
     CodeMap,
     CodeMapError,
@@ -19,6 +24,8 @@ from fhir_mappings.code_maps import (
     us_state_name,
 )
 from fhir_mappings.domain import ICD10CM, SNOMED, CodedCondition, Coding
+from fhir_mappings.icd_expansion import all_codes, expansion_document, render
+from tests.conftest import ROOT
 
 CODE_MAP = CodeMap.load_default()
 
@@ -253,3 +260,104 @@ def test_state_and_language_names() -> None:
     assert us_state_code("Narnia") == ""
     assert language_name("es-MX") == "Spanish"
     assert language_name("xx") == "xx"
+
+
+# -- the build-time expansion -------------------------------------------------------------------
+
+
+def test_the_shipped_icd_expansion_is_what_the_concept_map_and_code_set_give_today() -> None:
+    # Fails after a ConceptMap edit or a simple-icd-10-cm upgrade without
+    # `python -m fhir_mappings.icd_expansion`.
+    shipped = json.loads(ICD_EXPANSION_FILE.read_text(encoding="utf-8"))
+    expected = expansion_document()
+    assert shipped["codeSet"] == expected["codeSet"]
+    assert shipped["conceptMapSha256"] == expected["conceptMapSha256"]
+    assert shipped["codes"] == expected["codes"]
+    assert ICD_EXPANSION_FILE.read_text(encoding="utf-8") == render(expected)
+
+
+Source = tuple[int, frozenset[str], dict[str, Any]]  # size, codes it names, the element
+
+
+def _reference_needs(code: str, sources: list[Source]) -> set[str]:
+    """The ConceptMap's meaning for one code, worked out directly from the code set: every source
+    that is the code, one of its ancestors, or a range holding it; narrower sources last."""
+    ancestors = {code, *icd.get_ancestors(code)}
+    covering = [
+        (size, order, element)
+        for order, (size, covered, element) in enumerate(sources)
+        if (code in covered if "-" in element["code"] else bool(covered & ancestors))
+    ]
+    needs: set[str] = set()
+    for _, _, element in sorted(covering, key=lambda c: (-c[0], c[1])):
+        for target in element["target"]:
+            if target["equivalence"] == "disjoint":
+                needs.discard(target["code"])
+            else:
+                needs.add(target["code"])
+    return needs
+
+
+def test_the_walk_in_the_expansion_gives_codes_what_the_concept_map_says() -> None:
+    [icd_map] = [m for m in CODE_MAP.concept_maps() if m["id"] == "icd10cm-to-needs"]
+    codes = all_codes()
+    sources: list[Source] = []
+    for element in icd_map["group"][0]["element"]:
+        first, _, last = element["code"].partition("-")
+        if last:
+            low, high = icd.add_dot(first), icd.add_dot(last)
+            inside = frozenset(c for c in codes if low <= c <= high or c.startswith(high))
+            sources.append((len(inside), inside, element))
+        else:
+            size = len(icd.get_descendants(first)) + 1
+            sources.append((size, frozenset({icd.add_dot(first)}), element))
+    sample = (*codes[::997], "F17.210", "F10.20", "C50.911", "Z68.41", "QA0", "O03.9", "E78.5")
+    for code in sample:
+        assert icd10(code) == _reference_needs(code, sources), code
+
+
+def test_a_stale_expansion_is_refused_with_the_command_that_rebuilds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edited = tmp_path / "conceptmap-icd10cm-needs.json"
+    edited.write_bytes(code_maps.ICD_CONCEPT_MAP_FILE.read_bytes() + b"\n")
+    monkeypatch.setattr(code_maps, "ICD_CONCEPT_MAP_FILE", edited)
+    monkeypatch.setattr(code_maps, "_default", [])
+    with pytest.raises(CodeMapError, match=r"python -m fhir_mappings\.icd_expansion"):
+        CodeMap.load_default()
+
+
+_RUNTIME_PROBE = """
+import sys, threading
+from smartapp.app import create_app
+from fhir_mappings.code_maps import CodeMap
+from fhir_mappings.domain import ICD10CM, Coding
+maps, errors = [], []
+def load():
+    try:
+        maps.append(CodeMap.load_default())
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=load) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert not errors, errors
+assert len({id(m) for m in maps}) == 1
+assert maps[0].needs_for(Coding(ICD10CM, "Q23.4")) == {"congenital-heart", "cshcn"}
+assert maps[0].needs_for(Coding(ICD10CM, "E119X")) == {"diabetes"}
+print("simple_icd_10_cm" in sys.modules)
+"""
+
+
+def test_the_app_and_its_code_maps_never_load_the_icd_code_set_at_run_time() -> None:
+    # The code set took 5-7 s to import per process and was not thread-safe (issue #13).
+    result = subprocess.run(
+        [sys.executable, "-c", _RUNTIME_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

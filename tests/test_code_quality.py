@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,7 @@ def test_smartapp_is_grouped_by_feature() -> None:
         "__init__.py",
         "app.py",
         "cli.py",
+        "pages.py",
         "security.py",
         "smart_style.py",
         "ui_text.py",
@@ -122,3 +126,44 @@ def test_mypy_strict_is_clean_on_every_package() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _declared(extra: str | None) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    specs = project["dependencies"] + (project["optional-dependencies"][extra] if extra else [])
+    return {_normal(re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0]) for spec in specs}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _third_party(folders: tuple[str, ...]) -> dict[str, set[str]]:
+    """Distribution -> the files importing it, for every import outside the standard library."""
+    local = {"smartapp", "launch", "fhir_mappings", "config", "ehr_sandbox", "tests", "benchmarks"}
+    local |= {p.stem for folder in ("tests", "benchmarks") for p in (ROOT / folder).rglob("*.py")}
+    distributions = packages_distributions()
+    found: dict[str, set[str]] = {}
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*.py"):
+            for name in _imports(path) - local - set(sys.stdlib_module_names):
+                for dist in distributions.get(name, [name]):
+                    found.setdefault(_normal(dist), set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_import_of_the_shipped_code_is_a_declared_dependency() -> None:
+    # CI installs into a fresh virtualenv: an undeclared import would pass here only by luck.
+    shipped = ("smartapp", "launch", "fhir_mappings", "config", "ehr_sandbox")
+    undeclared = {
+        dist: files
+        for dist, files in _third_party(shipped).items()
+        if dist not in _declared(None) and files != {"fhir_mappings/icd_expansion.py"}
+    }
+    assert undeclared == {}
+
+
+def test_every_import_of_the_tests_and_benchmarks_is_declared_in_the_test_extra() -> None:
+    declared = _declared("test")
+    found = _third_party(("tests", "benchmarks"))
+    assert {dist: files for dist, files in found.items() if dist not in declared} == {}

@@ -34,7 +34,7 @@ from launch.pkce import new_verifier, s256_challenge
 from launch.scopes import missing_abilities, permissions, requested_scopes
 from launch.token import TokenResponse
 from smartapp.session.store import SqliteKeyValue
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, migrated_sqlite
 
 TOKEN_ENDPOINT = "https://ehr.example/auth/token"
 
@@ -307,6 +307,7 @@ def test_id_token_is_checked_for_audience_nonce_signature_and_issuer(sandbox: Sa
 
 # -- the state store -------------------------------------------------------------------------------
 def test_sqlite_store_hands_out_a_state_once_even_to_racing_threads(tmp_path: Path) -> None:
+    migrated_sqlite(tmp_path / "kv.sqlite3")
     kv = SqliteKeyValue(tmp_path / "kv.sqlite3")
     kv.put("state", "s1", {"x": 1}, ttl=60)
     winners: list[Any] = []
@@ -323,6 +324,7 @@ def test_sqlite_store_hands_out_a_state_once_even_to_racing_threads(tmp_path: Pa
 def test_sqlite_store_forgets_expired_records_and_locks_are_exclusive_until_released(
     tmp_path: Path,
 ) -> None:
+    migrated_sqlite(tmp_path / "kv.sqlite3")
     kv = SqliteKeyValue(tmp_path / "kv.sqlite3")
     kv.put("state", "old", {"x": 1}, ttl=-1)
     assert kv.get("state", "old") is None and kv.take("state", "old") is None

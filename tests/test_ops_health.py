@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import requests
@@ -43,18 +44,15 @@ def test_readyz_is_200_with_each_check_when_database_sessions_and_directory_work
     assert response.headers["Cache-Control"] == "no-store"
 
 
-def test_readyz_is_503_when_the_session_store_file_cannot_be_opened(
+def test_readyz_is_503_when_the_session_store_cannot_be_used(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     app = _app(sandbox, tmp_path)
-    store = tmp_path / "sessions.sqlite3"
-    for leftover in tmp_path.glob("sessions.sqlite3*"):
-        leftover.unlink()
-    store.mkdir()  # a directory where the database file should be: SQLite cannot open it
-    try:
-        response = app.test_client().get("/readyz")
-    finally:
-        shutil.rmtree(store)
+    # The SQLite sessions live in the app database's launch_kv table: without it the database
+    # still answers SELECT 1, but no launch could be stored.
+    with closing(sqlite3.connect(tmp_path / "peerbridge.sqlite3")) as db:
+        db.execute("DROP TABLE launch_kv")
+    response = app.test_client().get("/readyz")
     assert response.status_code == 503
     body = response.get_json()
     assert body["status"] == "not ready"

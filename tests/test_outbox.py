@@ -22,7 +22,7 @@ from fhir_mappings.fhir_client import FhirClient
 from fhir_mappings.referral import referral_transaction
 from smartapp.referrals.outbox import CONFIRMED, FAILED, PENDING, WAITING_AUTH, Outbox, RetryWorker
 from smartapp.referrals.service import Actor, ReferralService
-from tests.conftest import SUBSPECIALIST, FhirServer, Sandbox
+from tests.conftest import SUBSPECIALIST, FhirServer, Sandbox, migrated_sqlite
 
 SYSTEM = ReferralSettings().identifier_system
 PATIENT = "peds-chd-hlhs"
@@ -99,7 +99,7 @@ def make_service(tmp_path: Path, clock: Clock, **settings: Any) -> ReferralServi
     values = {"retry_base_seconds": 2.0, **settings}
     referral_settings = ReferralSettings(**values)
     outbox = Outbox(
-        f"sqlite:///{tmp_path / 'outbox.sqlite3'}",
+        migrated_sqlite(tmp_path / "outbox.sqlite3"),
         retry_hours=referral_settings.retry_hours,
         retry_base_seconds=referral_settings.retry_base_seconds,
         retry_max_delay_seconds=referral_settings.retry_max_delay_seconds,
@@ -337,7 +337,7 @@ def test_a_permanent_rejection_fails_at_once_with_plain_words(
     sandbox: Sandbox, tmp_path: Path, clock: Clock
 ) -> None:
     client = make_client(sandbox)
-    outbox = Outbox(f"sqlite:///{tmp_path / 'o.sqlite3'}", clock=clock)
+    outbox = Outbox(migrated_sqlite(tmp_path / "o.sqlite3"), clock=clock)
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -406,7 +406,7 @@ def test_two_senders_never_send_the_same_row(
     sandbox: Sandbox, tmp_path: Path, clock: Clock
 ) -> None:
     client = make_client(sandbox)
-    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    url = migrated_sqlite(tmp_path / "shared.sqlite3")
     first, second = Outbox(url, clock=clock), Outbox(url, clock=clock)
     rows = []
     for _ in range(6):
@@ -479,7 +479,7 @@ def test_the_background_worker_sends_what_the_submit_could_not(
     fhir_server: FhirServer, tmp_path: Path
 ) -> None:
     client = make_client(fhir_server)
-    outbox = Outbox(f"sqlite:///{tmp_path / 'bg.sqlite3'}", retry_base_seconds=0.0)
+    outbox = Outbox(migrated_sqlite(tmp_path / "bg.sqlite3"), retry_base_seconds=0.0)
     identifier = str(uuid.uuid4())
     bundle = referral_transaction(make_referral(identifier), identifier_system=SYSTEM)
     key = f"{identifier}:create"

@@ -18,7 +18,7 @@ from fhir_mappings.fhir_client import FhirClient
 from fhir_mappings.referral import Completion
 from smartapp.referrals.outbox import Outbox
 from smartapp.referrals.service import Actor, ReferralError, ReferralService
-from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, FhirServer
+from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, FhirServer, migrated_sqlite
 
 PATIENT = "peds-chd-hlhs"
 SCOPE = (
@@ -65,7 +65,7 @@ def client(fhir_server: FhirServer) -> FhirClient:
 
 
 def service_for(tmp_path: Path, now: Now, **settings: Any) -> ReferralService:
-    outbox = Outbox(f"sqlite:///{tmp_path / 'outbox.sqlite3'}")
+    outbox = Outbox(migrated_sqlite(tmp_path / "outbox.sqlite3"))
     return ReferralService(outbox, ReferralSettings(**settings), clock=now)
 
 

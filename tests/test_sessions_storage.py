@@ -24,7 +24,7 @@ from launch.errors import LaunchError
 from smartapp.app import create_app
 from smartapp.ops.demo import demo_wiring
 from smartapp.session.store import LaunchStore, SqliteKeyValue, key_value_for
-from tests.conftest import Sandbox, adopt_launch, app_settings
+from tests.conftest import Sandbox, adopt_launch, app_settings, migrated_sqlite
 from tests.test_launch_flow import _back_to_app, _follow_to_ehr, _handle_of, _public_app
 
 COOKIE = "peerbridge_session"
@@ -109,7 +109,8 @@ def test_state_files_are_0600_in_a_0700_folder(sandbox: Sandbox, tmp_path: Path)
     adopt_launch(client, app, sandbox.mint_token("peds-down", "patient/*.rs"), sandbox.fhir_base)
     assert _mode(state) == 0o700
     files = sorted(state.glob("*.sqlite3*"))
-    assert {p.name for p in files} >= {"sessions.sqlite3", "peerbridge.sqlite3"}
+    # The SQLite sessions live in the app database (its launch_kv table).
+    assert {p.name for p in files} >= {"peerbridge.sqlite3"}
     for path in files:
         assert _mode(path) == 0o600, path.name
 
@@ -118,12 +119,13 @@ def test_state_files_are_0600_in_a_0700_folder(sandbox: Sandbox, tmp_path: Path)
 
 
 def test_expired_launches_are_purged_with_their_tokens(tmp_path: Path) -> None:
+    migrated_sqlite(tmp_path / "kv.sqlite3")
     kv = SqliteKeyValue(tmp_path / "kv.sqlite3", purge_every_seconds=0.0)
     kv.put("launch", "old", {"access_token": "secret-old"}, ttl=0.05)
     time.sleep(0.1)
     kv.put("launch", "new", {"access_token": "secret-new"}, ttl=60)
     with sqlite3.connect(tmp_path / "kv.sqlite3") as db:
-        keys = [row[0] for row in db.execute("SELECT key FROM kv WHERE ns = 'launch'")]
+        keys = [row[0] for row in db.execute("SELECT key FROM launch_kv WHERE ns = 'launch'")]
     assert keys == ["new"]
 
 
@@ -135,10 +137,12 @@ def test_anonymous_launch_calls_cannot_grow_the_store_without_bound(
         app.test_client().get(f"/launch?iss={sandbox.fhir_base}").status_code for _ in range(5)
     ]
     assert answers == [302, 302, 302, 503, 503]
-    with sqlite3.connect(tmp_path / "sessions.sqlite3") as db:
-        states = db.execute("SELECT count(*) FROM kv WHERE ns = 'state'").fetchone()[0]
+    with sqlite3.connect(tmp_path / "peerbridge.sqlite3") as db:
+        states = db.execute("SELECT count(*) FROM launch_kv WHERE ns = 'state'").fetchone()[0]
         # A browser that never completes a launch keeps its session only as long as a state.
-        longest = db.execute("SELECT max(expires) FROM kv WHERE ns = 'session'").fetchone()[0]
+        longest = db.execute("SELECT max(expires) FROM launch_kv WHERE ns = 'session'").fetchone()[
+            0
+        ]
     assert states == 3
     assert longest <= time.time() + app.config["PEERBRIDGE"].smart.state_ttl_seconds + 5
 
@@ -156,7 +160,7 @@ def test_tokens_are_encrypted_at_rest_and_unreadable_with_another_key(
     token = sandbox.mint_token("peds-down", "patient/*.rs")
     handle = adopt_launch(client, app, token, sandbox.fhir_base)
     assert client.get(f"/l/{handle}/about").status_code == 200
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("sessions.sqlite3*"))
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("peerbridge.sqlite3*"))
     assert token["access_token"].encode() not in raw
     assert handle.encode() in raw or b"launch" in raw  # the row is there, its value sealed
 
@@ -174,7 +178,7 @@ def test_without_a_token_key_tokens_are_sealed_with_one_derived_from_the_secret_
     client = app.test_client()
     token = sandbox.mint_token("peds-down", "patient/*.rs")
     adopt_launch(client, app, token, sandbox.fhir_base)
-    raw = b"".join(p.read_bytes() for p in tmp_path.glob("sessions.sqlite3*"))
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("peerbridge.sqlite3*"))
     assert token["access_token"].encode() not in raw
 
 

@@ -214,9 +214,10 @@ def test_due_items_follow_the_programs_rhythm(tmp_path: object) -> None:
     from smartapp.referrals.outbox import Outbox
     from smartapp.workspace.models import Match, StageEvent, WorkspaceStore
     from smartapp.workspace.service import WorkspaceActor, WorkspaceService
+    from tests.conftest import migrated_sqlite
 
     now = [datetime(2026, 11, 1, 9, tzinfo=UTC)]
-    url = f"sqlite:///{Path(str(tmp_path)) / 'ws.sqlite3'}"
+    url = migrated_sqlite(Path(str(tmp_path)) / "ws.sqlite3")
     store = WorkspaceStore(url)
     service = WorkspaceService(
         store,

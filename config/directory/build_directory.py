@@ -1,4 +1,4 @@
-"""Build config/directory/programs.json from the shared program list and curation.toml.
+"""Build config/directory/programs.json from sources/peer-programs.jsonl and curation.toml.
 
 Run: python -m config.directory.build_directory [--source PATH]. Facts only: names, organizations,
 websites and phone numbers are taken from the jsonl as they are (a website marked "?" is kept only

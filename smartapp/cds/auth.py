@@ -21,12 +21,13 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
-from sqlalchemy import Column, Float, MetaData, String, Table, delete, insert
+from sqlalchemy import MetaData, delete, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from config.settings import CdsClient
 from launch.guarded_http import GuardedHttp, GuardedHttpError
+from smartapp.db.models import cds_seen_jti
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,7 @@ JWKS_REFETCH_SECONDS = 30
 JWKS_TIMEOUT_SECONDS = 2.0
 JWKS_MAX_BYTES = 256 * 1024
 
-metadata = MetaData()
-seen_jti_table = Table(
-    "cds_seen_jti",
-    metadata,
-    Column("iss", String(500), primary_key=True),
-    Column("jti", String(200), primary_key=True),
-    Column("expires_at", Float, nullable=False, index=True),
-)
+seen_jti_table = cds_seen_jti  # the schema: smartapp/db (models and migrations)
 
 
 class CdsAuthError(Exception):
@@ -81,7 +75,6 @@ class JtiStore:
     def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        create_tables(metadata, engine)
         self._last_purge = 0.0
 
     def first_use(self, iss: str, jti: str, expires_at: float) -> bool:

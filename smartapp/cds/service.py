@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
 from fhir_mappings.chart import (
@@ -39,7 +39,7 @@ from fhir_mappings.domain import (
 from fhir_mappings.fhir_client import MAX_PAGES, FhirClient, FhirError
 from fhir_mappings.referral import REFERRAL_CODE, referral_view
 from launch.guarded_http import Deadline
-from smartapp.cds.auth import create_tables
+from smartapp.db.models import cds_feedback, cds_issued_cards
 from smartapp.suggest.engine import Directory, suggest_programs
 
 SERVICE_ID = "peerbridge-peer-support"
@@ -333,29 +333,8 @@ def _shorten(text: str, limit: int) -> str:
 
 # -- feedback -------------------------------------------------------------------------------------
 
-metadata = MetaData()
-feedback_table = Table(
-    "cds_feedback",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("service_id", String(100), nullable=False),
-    Column("card", String(100), nullable=False, index=True),
-    Column("outcome", String(20), nullable=False),
-    Column("override_reason", String(100), nullable=False, default=""),
-    Column("accepted_suggestions", Integer, nullable=False, default=0),
-    Column("outcome_timestamp", String(40), nullable=False, default=""),
-    Column("received_at", Float, nullable=False),
-)
-# The cards PeerBridge gave, each to one EHR (tenant: the JWT `iss`) for one patient; feedback
-# rows belong to the tenant and patient of their card.
-issued_table = Table(
-    "cds_issued_cards",
-    metadata,
-    Column("card", String(100), primary_key=True),
-    Column("tenant", String(500), nullable=False),
-    Column("patient_id", String(200), nullable=False),
-    Column("issued_at", Float, nullable=False, index=True),
-)
+feedback_table = cds_feedback  # the schema: smartapp/db (models and migrations)
+issued_table = cds_issued_cards
 OUTCOMES = ("accepted", "overridden")
 ISSUED_KEEP_SECONDS = 30 * 24 * 3600.0  # feedback comes within minutes; a month is generous
 
@@ -367,7 +346,6 @@ class FeedbackStore:
     def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.clock = clock
-        create_tables(metadata, engine)
 
     def issued(self, cards: Sequence[Mapping[str, Any]], *, tenant: str, patient_id: str) -> None:
         """Remember which EHR and patient each returned card was for."""

@@ -32,14 +32,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def wait_until_up(
-    url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None
+    url: str,
+    timeout: float = 30.0,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    ready: bool = False,
 ) -> None:
+    """Wait until `url` answers (below 500; with `ready`, exactly 200, as /readyz says ready)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process for {url} exited with code {process.returncode}")
         try:
-            if requests.get(url, timeout=1).status_code < 500:
+            status = requests.get(url, timeout=2).status_code
+            if status == 200 or (status < 500 and not ready):
                 return
         except requests.RequestException:
             pass
@@ -146,6 +152,10 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+
+    from config import load_settings
+    from smartapp.db.command import migrate
+
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -155,10 +165,17 @@ def run_demo(args: argparse.Namespace) -> int:
     clients_file = state_dir / "ehr-clients.json"
     clients_file.write_text(json.dumps(clients, indent=2), encoding="utf-8")
     db = state_dir / "ehr.sqlite3"
+    app_env = {**os.environ, **env}
+    # The schema is created here, once, before gunicorn forks its workers.
+    problem = migrate(load_settings(environ=app_env))
+    if problem:
+        print(f"\npeerbridge demo: {problem}", file=sys.stderr, flush=True)
+        return 1
 
     # A SIGTERM (service manager, CI timeout) must still stop both children: run the finally.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     processes: list[subprocess.Popen[bytes]] = []
+    ehr_url, app_url = f"http://{args.host}:{ehr_port}", f"http://{args.host}:{app_port}"
     try:
         ehr = subprocess.Popen(
             sandbox_command(
@@ -170,21 +187,25 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         )
         processes.append(ehr)
-        app = subprocess.Popen(
-            gunicorn_command(f"{args.host}:{app_port}", workers=2), env={**os.environ, **env}
-        )
+        app = subprocess.Popen(gunicorn_command(f"{args.host}:{app_port}", workers=2), env=app_env)
         processes.append(app)
-        wait_until_up(f"http://{args.host}:{ehr_port}/fhir/metadata", process=ehr)
-        wait_until_up(f"http://{args.host}:{app_port}/healthz", process=app)
+        try:
+            wait_until_up(f"{ehr_url}/fhir/metadata", timeout=60, process=ehr)
+            wait_until_up(f"{app_url}/readyz", timeout=60, process=app, ready=True)
+        except RuntimeError:
+            print(f"\n{_stopped_sentence(ehr, app)}", file=sys.stderr, flush=True)
+            return 1
         ready = time.monotonic() - started
         print(
-            f"\nPeerBridge demo is ready in {ready:.1f} s. Open the dev EHR:\n\n"
-            f"    http://{args.host}:{ehr_port}/\n\n"
-            "Pick a patient and press 'Open PeerBridge'. Ctrl-C stops both servers.\n",
+            f"\nPeerBridge demo is ready in {ready:.1f} s.\n\n"
+            f"    dev EHR (open this):  {ehr_url}/\n"
+            f"    PeerBridge:           {app_url}/\n\n"
+            "In the EHR, pick a patient and press 'Open PeerBridge'. Ctrl-C stops both servers.\n",
             flush=True,
         )
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
+        print(f"\n{_stopped_sentence(ehr, app)}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -197,6 +218,18 @@ def run_demo(args: argparse.Namespace) -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _stopped_sentence(ehr: subprocess.Popen[bytes], app: subprocess.Popen[bytes]) -> str:
+    """The one sentence the demo ends with when a server died or never became ready."""
+    if app.poll() is not None:
+        return (
+            "peerbridge demo: PeerBridge could not start (the reason is in the lines above),"
+            " so the demo stopped."
+        )
+    if ehr.poll() is not None:
+        return "peerbridge demo: the dev EHR stopped (the reason is in the lines above)."
+    return "peerbridge demo: PeerBridge did not become ready within a minute, so the demo stopped."
 
 
 def gunicorn_command(bind: str, *, workers: int) -> list[str]:
@@ -217,8 +250,15 @@ def gunicorn_command(bind: str, *, workers: int) -> list[str]:
 def run_serve(args: argparse.Namespace) -> int:
     from config import load_settings
     from config.settings import refuse_unsafe
+    from smartapp.db.command import migrate
 
-    refuse_unsafe(load_settings())  # fail here, with the setting's name, not in a worker
+    settings = load_settings()
+    refuse_unsafe(settings)  # fail here, with the setting's name, not in a worker
+    # The schema is created or updated here, once, before gunicorn forks its workers.
+    problem = migrate(settings)
+    if problem:
+        print(f"peerbridge: {problem}", file=sys.stderr)
+        return 1
     os.execv(sys.executable, gunicorn_command(args.bind, workers=args.workers))
     return 0  # pragma: no cover
 

@@ -12,3 +12,7 @@ graceful_timeout = 20
 accesslog = None
 errorlog = "-"
 forwarded_allow_ips = "127.0.0.1"
+# The app (imports, schema check, code maps, compiled templates) is loaded once in the master and
+# shared by the forked workers: a worker starts in milliseconds and its first page is warm. Nothing
+# opens a connection while the app is built, so no socket is shared across the fork.
+preload_app = True

@@ -1,5 +1,6 @@
 """Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the outbox database, the
-session store and the program directory all work) for load balancers and IT.
+session store and the program directory all work, and the code maps and templates are loaded) for
+load balancers and IT.
 
 Readiness output names each check's backend and, on failure, only the error's class: database and
 Redis URLs carry passwords, so they never appear in the answer or the log.
@@ -18,6 +19,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from config import Settings
+from fhir_mappings.code_maps import CodeMap
 from smartapp.directory import store as program_directory
 from smartapp.session.current import launch_store
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 _ENGINE = "peerbridge.readyz_engine"
+_WARM = "peerbridge.warm"
 _OUTBOX_SERVICE = "peerbridge.referrals"  # referrals.views.SERVICE, not imported
 
 
@@ -42,6 +45,7 @@ def readyz() -> ResponseReturnValue:
         "database": _run(lambda: _database(app, settings)),
         "session_store": _run(lambda: _session_store(app, settings)),
         "directory": _run(lambda: _directory(app)),
+        "warm": _run(lambda: _warm(app)),
     }
     outbox = _outbox(app)
     if outbox is not None:
@@ -120,6 +124,27 @@ def _directory(app: Flask) -> str:
     if not program_directory.directory_loaded(app):
         raise RuntimeError("program directory not loaded")
     return f"{len(app.extensions[program_directory.PROGRAMS_KEY])} programs"
+
+
+def _warm(app: Flask) -> str:
+    warmed = app.extensions.get(_WARM)
+    if warmed is None:
+        if app.testing:
+            return "not needed in tests"
+        raise RuntimeError("not warmed up")
+    return str(warmed)
+
+
+def warm_up(app: Flask) -> None:
+    """Load now what the first patient view would otherwise load: the code maps (once per
+    process, under their lock) and every template, compiled. Called by `create_app` before the app
+    serves anything; under gunicorn (`preload_app`) it runs once in the master, before the fork,
+    so each worker's first page is as fast as its hundredth."""
+    code_map = CodeMap.load_default()
+    names = app.jinja_env.list_templates()
+    for name in names:
+        app.jinja_env.get_template(name)
+    app.extensions[_WARM] = f"{len(code_map.all_needs())} needs, {len(names)} templates"
 
 
 def init_app(app: Flask, settings: Settings) -> None:

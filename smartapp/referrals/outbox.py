@@ -35,25 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import create_engine, func, insert, select, update
 from sqlalchemy.engine import Engine, RowMapping
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fhir_mappings.fhir_client import FhirAuthError, FhirClient, FhirError, FhirUnavailable
 from fhir_mappings.referral import WriteResult, finish_after_conflict, send_bundle
+from smartapp.db.models import referral_outbox, referral_outbox_probe
 
 log = logging.getLogger(__name__)
 
@@ -62,41 +50,12 @@ CONFLICT = "conflict"
 RETRYABLE_4XX = (408, 429)
 STRIPPED = "{}"  # the bundle of a confirmed row after retention removed its patient data
 
-metadata = MetaData()
-outbox_table = Table(
-    "referral_outbox",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("key", String(200), nullable=False, unique=True),
-    Column("identifier", String(64), nullable=False, index=True),
-    Column("action", String(32), nullable=False),
-    Column("handle", String(200), nullable=False, default=""),
-    Column("iss", String(500), nullable=False, default=""),
-    Column("fhir_user", String(200), nullable=False, default=""),
-    Column("patient_id", String(200), nullable=False, default=""),
-    Column("summary", Text, nullable=False, default="{}"),
-    Column("bundle", Text, nullable=False),
-    Column("status", String(20), nullable=False, default=PENDING, index=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", Float, nullable=False, default=0.0),
-    Column("claimed_until", Float, nullable=False, default=0.0),
-    Column("claimed_by", String(64), nullable=False, default=""),
-    Column("last_error", Text, nullable=False, default=""),
-    Column("service_request_id", String(200), nullable=False, default=""),
-    Column("task_id", String(200), nullable=False, default=""),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
-)
+outbox_table = referral_outbox  # the schema: smartapp/db (models and migrations)
 
 
 # One row, rewritten by each readiness probe: proves the outbox database takes writes (a full or
 # read-only disk still answers SELECTs).
-probe_table = Table(
-    "referral_outbox_probe",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=False),
-    Column("at", Float, nullable=False),
-)
+probe_table = referral_outbox_probe
 
 
 @dataclass(frozen=True)
@@ -195,11 +154,6 @@ class Outbox:
         self.engine = engine or create_engine(
             database_url, future=True, pool_pre_ping=True, hide_parameters=True
         )
-        try:
-            metadata.create_all(self.engine)
-        except OperationalError:
-            # Another gunicorn worker created the table between our check and our CREATE.
-            metadata.create_all(self.engine)
         self.retry_seconds = retry_hours * 3600.0
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_delay_seconds = retry_max_delay_seconds

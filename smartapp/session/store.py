@@ -34,6 +34,7 @@ from launch.errors import LaunchError
 from launch.guarded_http import Deadline, GuardedHttp
 from launch.id_token import relative_fhir_user, verify_id_token
 from launch.token import TokenClient, TokenResponse
+from smartapp.db.schema import session_database_url, sqlite_path
 from smartapp.ops.files import private_file
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ PURGE_EVERY_SECONDS = 60.0
 
 
 class SqliteKeyValue:
-    """One SQLite file (0600); a connection per call, so it is safe from any thread. Expired
-    records (launches with their tokens, states, sessions) are deleted at most every
+    """The `launch_kv` table of a SQLite file (0600; created by the migrations in smartapp/db,
+    which also put the file in WAL mode); a connection per call, so it is safe from any thread.
+    Expired records (launches with their tokens, states, sessions) are deleted at most every
     `purge_every_seconds`, on a write."""
 
     def __init__(self, path: Path, *, purge_every_seconds: float = PURGE_EVERY_SECONDS) -> None:
@@ -73,12 +75,6 @@ class SqliteKeyValue:
         self.purge_every_seconds = purge_every_seconds
         self._next_purge = 0.0
         private_file(path)
-        with closing(self._connect()) as db, db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS kv (ns TEXT NOT NULL, key TEXT NOT NULL, "
-                "value TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (ns, key))"
-            )
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -86,7 +82,7 @@ class SqliteKeyValue:
     def put(self, ns: str, key: str, value: dict[str, Any], ttl: float) -> None:
         with closing(self._connect()) as db:
             db.execute(
-                "INSERT OR REPLACE INTO kv (ns, key, value, expires) VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO launch_kv (ns, key, value, expires) VALUES (?, ?, ?, ?)",
                 (ns, key, json.dumps(value), time.time() + ttl),
             )
         if time.monotonic() >= self._next_purge:
@@ -96,14 +92,14 @@ class SqliteKeyValue:
     def count(self, ns: str) -> int:
         with closing(self._connect()) as db:
             row = db.execute(
-                "SELECT count(*) FROM kv WHERE ns = ? AND expires > ?", (ns, time.time())
+                "SELECT count(*) FROM launch_kv WHERE ns = ? AND expires > ?", (ns, time.time())
             ).fetchone()
         return int(row[0])
 
     def get(self, ns: str, key: str) -> dict[str, Any] | None:
         with closing(self._connect()) as db:
             row = db.execute(
-                "SELECT value FROM kv WHERE ns = ? AND key = ? AND expires > ?",
+                "SELECT value FROM launch_kv WHERE ns = ? AND key = ? AND expires > ?",
                 (ns, key, time.time()),
             ).fetchone()
         return _loads(row[0]) if row else None
@@ -113,9 +109,9 @@ class SqliteKeyValue:
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute(
-                    "SELECT value, expires FROM kv WHERE ns = ? AND key = ?", (ns, key)
+                    "SELECT value, expires FROM launch_kv WHERE ns = ? AND key = ?", (ns, key)
                 ).fetchone()
-                db.execute("DELETE FROM kv WHERE ns = ? AND key = ?", (ns, key))
+                db.execute("DELETE FROM launch_kv WHERE ns = ? AND key = ?", (ns, key))
                 db.execute("COMMIT")
             except sqlite3.Error:
                 db.execute("ROLLBACK")
@@ -126,15 +122,17 @@ class SqliteKeyValue:
 
     def delete(self, ns: str, key: str) -> None:
         with closing(self._connect()) as db:
-            db.execute("DELETE FROM kv WHERE ns = ? AND key = ?", (ns, key))
+            db.execute("DELETE FROM launch_kv WHERE ns = ? AND key = ?", (ns, key))
 
     def acquire(self, ns: str, key: str, ttl: float) -> bool:
         now = time.time()
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM kv WHERE ns = ? AND key = ? AND expires <= ?", (ns, key, now))
+            db.execute(
+                "DELETE FROM launch_kv WHERE ns = ? AND key = ? AND expires <= ?", (ns, key, now)
+            )
             cursor = db.execute(
-                "INSERT OR IGNORE INTO kv (ns, key, value, expires) VALUES (?, ?, '{}', ?)",
+                "INSERT OR IGNORE INTO launch_kv (ns, key, value, expires) VALUES (?, ?, '{}', ?)",
                 (ns, key, now + ttl),
             )
             db.execute("COMMIT")
@@ -142,7 +140,7 @@ class SqliteKeyValue:
 
     def purge_expired(self) -> None:
         with closing(self._connect()) as db:
-            db.execute("DELETE FROM kv WHERE expires <= ?", (time.time(),))
+            db.execute("DELETE FROM launch_kv WHERE expires <= ?", (time.time(),))
 
 
 COUNTED = ("state",)  # namespaces whose size is bounded (anonymous /launch calls add to them)
@@ -248,7 +246,7 @@ def key_value_for(settings: Settings) -> KeyValue:
     if settings.app.session_backend == "redis":
         inner = RedisKeyValue(settings.app.redis_url)
     else:
-        inner = SqliteKeyValue(settings.state_path / "sessions.sqlite3")
+        inner = SqliteKeyValue(sqlite_path(session_database_url(settings)))
     return SealedKeyValue(inner, settings.token_key())
 
 

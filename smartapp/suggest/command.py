@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from config import Settings, SettingsError, load_settings
+from config.settings import DEFAULT_DIRECTORY
 from fhir_mappings.chart import Chart, ChartError, chart_from_resources, read_chart, resources_in
 from fhir_mappings.code_maps import CodeMap, language_name
 from fhir_mappings.domain import (
@@ -44,11 +45,14 @@ def run_suggest(args: argparse.Namespace, out: TextIO | None = None) -> int:
     try:
         settings = _settings(args.directory)
         chart = _chart(args, settings)
-        # Imported here: program_directory brings Flask, which the input checks above do not need.
-        from smartapp.directory.store import build_directory, load_programs
+        from smartapp.directory.service import build_directory, load_programs
         from smartapp.suggest.engine import suggest_programs
 
-        directory = build_directory(load_programs(settings))
+        # The shipped directory's FHIR structure is checked by the tests and at every server
+        # start; skipping that slow check here keeps a one-shot command under half a second.
+        # A directory given with --directory (or configured) is checked in full.
+        shipped = settings.directory_path.resolve() == DEFAULT_DIRECTORY.resolve()
+        directory = build_directory(load_programs(settings, r4_structure=not shipped))
         result = suggest_programs(
             chart.patient,
             chart.conditions,

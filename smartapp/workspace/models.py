@@ -20,7 +20,6 @@ from sqlalchemy import (
     Column,
     Float,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
@@ -30,9 +29,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
 from fhir_mappings.domain import Coding
+from smartapp.db.models import metadata as db_metadata
 
 # -- vocabularies --------------------------------------------------------------------------------
 
@@ -231,7 +231,8 @@ class Nomination:
 
 # -- tables ----------------------------------------------------------------------------------------
 
-metadata = MetaData()
+# On the app's one MetaData: created by the migrations in smartapp/db (0002_workspace).
+metadata = db_metadata
 
 
 def _table(name: str, *extra: Column[Any]) -> Table:
@@ -358,11 +359,6 @@ class WorkspaceStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine or create_engine(database_url, future=True)
-        try:
-            metadata.create_all(self.engine)
-        except (OperationalError, ProgrammingError, IntegrityError):
-            # Another worker created the tables between our check and our CREATE.
-            metadata.create_all(self.engine)
         self.clock = clock
 
     # -- generic ---------------------------------------------------------------------------------

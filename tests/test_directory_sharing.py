@@ -21,6 +21,7 @@ from werkzeug.serving import make_server
 
 from fhir_mappings.domain import Contact, Coverage, Program
 from smartapp.app import create_app
+from smartapp.db.schema import upgrade_all
 from smartapp.directory import exchange
 from smartapp.directory.repository import DirectoryRepository
 from smartapp.directory.store import REPOSITORY_KEY
@@ -49,6 +50,7 @@ def local_program(name: str = "Bay Area Kidney Peer Circle") -> Program:
 @pytest.fixture
 def first(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[Flask, str]]:
     settings = app_settings(sandbox, tmp_path / "first", directory={"editors": [SOCIAL_WORKER]})
+    upgrade_all(settings)  # as `peerbridge serve` does before its workers start
     app = create_app(settings)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -93,6 +95,7 @@ def test_a_second_instance_subscribed_to_the_first_shows_a_program_added_in_the_
         tmp_path / "second",
         directory={"subscriptions": [f"fhir:{endpoint}"], "refresh_minutes": 60},
     )
+    upgrade_all(settings)
     app_b = create_app(settings)
     repo_b = repo_of(app_b)
 

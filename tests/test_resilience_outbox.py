@@ -20,6 +20,7 @@ from config import load_settings
 from fhir_mappings.domain import Referral
 from fhir_mappings.fhir_client import FhirClient, FhirError
 from fhir_mappings.referral import find_referral, referral_transaction, send_bundle
+from smartapp.db.schema import upgrade_all
 from smartapp.referrals.outbox import (
     CONFIRMED,
     CONFLICT,
@@ -32,7 +33,7 @@ from smartapp.referrals.sending import drain_pass
 from smartapp.referrals.service import Actor, ReferralConflict, ReferralError, ReferralService
 from smartapp.referrals.views import SERVICE, WORKER
 from smartapp.session.current import launch_store
-from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, Sandbox, app_settings
+from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, Sandbox, app_settings, migrated_sqlite
 from tests.test_outbox import PATIENT as CHART_PATIENT
 from tests.test_outbox import PROGRAM, SCOPE, SYSTEM, Clock, in_ehr
 from tests.test_referral_views import WRITE_SCOPE, csrf_of, hidden, launch, propose_via_form
@@ -97,7 +98,7 @@ def _service(tmp_path: Path, **outbox: Any) -> ReferralService:
     settings = load_settings(
         profile="local", overrides={"referrals": {"initial_status": "active"}}, environ={}
     )
-    box = Outbox(f"sqlite:///{tmp_path / 'o.sqlite3'}", retry_base_seconds=0.0, **outbox)
+    box = Outbox(migrated_sqlite(tmp_path / "o.sqlite3"), retry_base_seconds=0.0, **outbox)
     return ReferralService(box, settings.referrals)
 
 
@@ -197,7 +198,7 @@ def test_a_dead_senders_claim_is_released_after_the_short_lease(
     """Before: a crashed worker held its row for 2 minutes."""
     client = make_client(sandbox)
     clock = Clock()
-    url = f"sqlite:///{tmp_path / 'lease.sqlite3'}"
+    url = migrated_sqlite(tmp_path / "lease.sqlite3")
     dead, alive = Outbox(url, clock=clock), Outbox(url, clock=clock)
     assert dead.lease_seconds == 30.0
     identifier = str(uuid.uuid4())
@@ -220,7 +221,7 @@ def test_a_live_senders_heartbeat_keeps_its_claim_through_a_slow_send(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     client = make_client(sandbox, timeout=10)
-    url = f"sqlite:///{tmp_path / 'beat.sqlite3'}"
+    url = migrated_sqlite(tmp_path / "beat.sqlite3")
     first, second = Outbox(url, lease_seconds=1.0), Outbox(url, lease_seconds=1.0)
     identifier = str(uuid.uuid4())
     bundle = referral_transaction(make_referral(identifier), identifier_system=SYSTEM)
@@ -257,6 +258,7 @@ def test_the_background_sender_starts_with_the_process_without_any_request(
         sandbox, tmp_path, referrals={"retry_base_seconds": 0.0, "drain_interval_seconds": 0.1}
     )
     client = make_client(sandbox)
+    upgrade_all(settings)  # as `peerbridge serve` does before its workers start
     outbox = Outbox(settings.database_url)
     identifier = str(uuid.uuid4())
     bundle = referral_transaction(make_referral(identifier), identifier_system=SYSTEM)
@@ -546,6 +548,7 @@ def test_peerbridge_outbox_drain_sends_due_rows_for_cron_and_status_counts_them(
     from tests.conftest import ROOT
 
     settings = app_settings(sandbox, tmp_path, referrals={"retry_base_seconds": 0.0})
+    upgrade_all(settings)  # the launch store's table too, as `peerbridge migrate` makes it
     store = __import__("smartapp.session.store", fromlist=["LaunchStore"]).LaunchStore
     launches = store.from_settings(settings)
     handle = launches.adopt(
@@ -610,7 +613,7 @@ def test_confirmed_rows_lose_their_patient_data_after_the_retention_time(
     """Before: every confirmed row kept ~5 KB of patient data forever."""
     client = make_client(sandbox)
     clock = Clock()
-    outbox = Outbox(f"sqlite:///{tmp_path / 'keep.sqlite3'}", clock=clock)
+    outbox = Outbox(migrated_sqlite(tmp_path / "keep.sqlite3"), clock=clock)
     identifier = str(uuid.uuid4())
     bundle = referral_transaction(make_referral(identifier), identifier_system=SYSTEM)
     key = f"{identifier}:create"

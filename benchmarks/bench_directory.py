@@ -20,6 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from smartapp.db.schema import upgrade  # noqa: E402
 from smartapp.directory.exchange import read_hsds  # noqa: E402
 from smartapp.directory.repository import DirectoryRepository  # noqa: E402
 from smartapp.directory.store import synonyms  # noqa: E402
@@ -82,9 +83,9 @@ def main() -> int:
         path.write_text(json.dumps(generate(args.services)), encoding="utf-8")
         started = time.perf_counter()
         result = read_hsds(path)
-        repo = DirectoryRepository(
-            f"sqlite:///{Path(tmp) / 'directory.sqlite3'}", synonyms=synonyms()
-        )
+        url = f"sqlite:///{Path(tmp) / 'directory.sqlite3'}"
+        upgrade(url)  # what `peerbridge migrate` does before workers start
+        repo = DirectoryRepository(url, synonyms=synonyms())
         counts = repo.import_programs(result.programs, str(path))
         import_s = time.perf_counter() - started
         print(

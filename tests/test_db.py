@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -19,14 +20,28 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, insert, inspect, select, text
+from sqlalchemy.engine import Connection
 
+from config.settings import DEFAULT_DIRECTORY
+from fhir_mappings.directory import load_directory_file
 from smartapp.app import create_app
 from smartapp.db import schema
 from smartapp.db.models import referral_outbox
+from smartapp.directory.repository import DirectoryRepository
 from tests.conftest import ROOT, Sandbox, app_settings
 
 pytest_plugins = ("tests.services",)
 metadata = schema.load_all_tables()
+
+
+def _differences(conn: Connection) -> list[Any]:
+    """What Alembic sees between the database and the models (the FTS5 index is SQL only)."""
+
+    def include_name(name: str | None, type_: str, _parents: Any) -> bool:
+        return type_ != "table" or schema.is_modelled(name)
+
+    context = MigrationContext.configure(conn, opts={"include_name": include_name})
+    return list(compare_metadata(context, metadata))
 
 
 def _script() -> ScriptDirectory:
@@ -48,10 +63,12 @@ def test_the_migrated_schema_is_exactly_the_models(tmp_path: Path) -> None:
     schema.upgrade(url)
     engine = create_engine(url)
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+        differences = _differences(conn)
     # A Column added to models.py without a revision (or the reverse) shows up here.
     assert differences == []
-    assert set(inspect(engine).get_table_names()) == {*metadata.tables, "alembic_version"}
+    tables = set(inspect(engine).get_table_names())
+    assert {t for t in tables if schema.is_modelled(t)} == {*metadata.tables, "alembic_version"}
+    assert {"directory_program", "directory_change", "directory_fts"} <= tables
 
 
 def _upgrade_in_a_process(url: str, start: float) -> None:
@@ -88,7 +105,7 @@ def test_a_database_from_before_migrations_is_adopted_with_its_referrals(tmp_pat
     schema.upgrade(url)
     with engine.connect() as conn:
         assert conn.execute(select(referral_outbox.c.key)).scalars().all() == ["k1"]
-        differences = compare_metadata(MigrationContext.configure(conn), metadata)
+        differences = _differences(conn)
     assert differences == []
 
 
@@ -170,4 +187,44 @@ def test_instances_migrating_one_postgres_database_at_once_apply_it_once(
     engine = create_engine(url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
-        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        assert _differences(conn) == []
+
+
+@pytest.mark.parametrize("with_index", [True, False], ids=["fts-kept", "fts-rebuilt"])
+def test_a_program_directory_an_older_worker_created_is_adopted_by_0005(
+    tmp_path: Path, with_index: bool
+) -> None:
+    # Before 0005 each worker created the directory tables (and the FTS5 index) itself; such a
+    # database is at 0004 with the tables present and programs in them.
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    schema.upgrade(url)
+    programs = load_directory_file(DEFAULT_DIRECTORY)
+    DirectoryRepository(url).seed(programs)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        if not with_index:
+            conn.execute(text("DROP TABLE directory_fts"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0004'"))
+    schema.upgrade(url)
+    with engine.connect() as conn:
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        assert {version} == schema.heads()
+        assert _differences(conn) == []
+        indexed = conn.execute(text("SELECT count(*) FROM directory_fts")).scalar()
+    assert indexed == len(programs)  # every program searchable once, none twice
+    repo = DirectoryRepository(url)
+    assert len(repo.records()) == len(programs)
+    name = programs[0].name
+    found, _total = repo.search(name)
+    assert name in [r.program.name for r in found]
+
+
+def test_the_program_directory_creates_no_tables_and_asks_for_a_migration(
+    tmp_path: Path,
+) -> None:
+    # A worker that created the directory tables itself raced its siblings ("table
+    # directory_program already exists"); it now only checks they are there.
+    url = f"sqlite:///{tmp_path / 'bare.sqlite3'}"
+    with pytest.raises(schema.SchemaError, match="run `peerbridge migrate`"):
+        DirectoryRepository(url)
+    assert inspect(create_engine(url)).get_table_names() == []

@@ -25,7 +25,7 @@ from smartapp.db.schema import upgrade_all
 from smartapp.directory import exchange
 from smartapp.directory.repository import DirectoryRepository
 from smartapp.directory.store import REPOSITORY_KEY
-from tests.conftest import SOCIAL_WORKER, Sandbox, app_settings
+from tests.conftest import SOCIAL_WORKER, Sandbox, app_settings, migrated_sqlite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,7 +210,7 @@ def test_an_hsds_file_imports_with_its_facts_and_says_what_it_left_out(tmp_path:
     assert grief.contact.phone == "555-010-3000"
     assert "in-person-group" in grief.modes
     assert len(result.skipped) == 2 and any("defunct" in s for s in result.skipped)
-    repo = DirectoryRepository(f"sqlite:///{tmp_path / 'd.sqlite3'}")
+    repo = DirectoryRepository(migrated_sqlite(tmp_path / "d.sqlite3"))
     counts = repo.import_programs(result.programs, str(path))
     assert counts["added"] == 2
     again = repo.import_programs(result.programs, str(path))

@@ -21,9 +21,9 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
-from sqlalchemy import MetaData, delete, insert
+from sqlalchemy import delete, insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from config.settings import CdsClient
 from launch.guarded_http import GuardedHttp, GuardedHttpError
@@ -54,19 +54,6 @@ class VerifiedCall:
     iss: str
     jti: str
     subject: str = ""  # `sub`: the EHR's client id for us, when it sends one
-
-
-def create_tables(tables: MetaData, engine: Engine, attempts: int = 5) -> None:
-    """`create_all`, tolerating another gunicorn worker creating the same tables at the same
-    moment (its CREATE lands between our check and ours)."""
-    for attempt in range(attempts):
-        try:
-            tables.create_all(engine)
-            return
-        except OperationalError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
 
 
 class JtiStore:

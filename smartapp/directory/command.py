@@ -17,6 +17,7 @@ from fhir_mappings.directory import (
     validate_bundle,
 )
 from fhir_mappings.fhir_client import FhirError
+from smartapp.db import schema
 from smartapp.directory import exchange, publish
 from smartapp.directory.repository import DirectoryRepository
 from smartapp.directory.store import load_programs, local_program_files, open_repository
@@ -39,6 +40,8 @@ def run_directory(args: argparse.Namespace) -> int:
 def _repository() -> DirectoryRepository:
     """The database directory, seeded from the configured file on first use."""
     settings = load_settings()
+    # A one-off command like `peerbridge migrate`: the upgrade holds the same lock serve takes.
+    schema.upgrade(settings.database_url)
     repo = open_repository(settings)
     if repo.is_empty():
         repo.seed(load_programs(settings), origin="curated")

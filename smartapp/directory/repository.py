@@ -27,81 +27,26 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
-    Boolean,
-    Column,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     create_engine,
     delete,
     event,
     insert,
+    inspect,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 from fhir_mappings.domain import EHR_TASK, Contact, Program
+from smartapp.db.schema import SchemaError
+from smartapp.directory.models import (
+    directory_change,
+    directory_meta,
+    directory_program,
+    directory_subscription,
+)
 from smartapp.directory.records import program_from_dict, program_to_dict, search_text
-
-metadata = MetaData()
-
-directory_program = Table(
-    "directory_program",
-    metadata,
-    Column("id", String(100), primary_key=True),
-    Column("tenant", String(500), nullable=False, default="", index=True),
-    Column("status", String(20), nullable=False, default="active"),  # active | retired
-    Column("origin", String(20), nullable=False),  # curated | local | imported
-    Column("source", String(500), nullable=False, default=""),
-    Column("source_id", String(200), nullable=False, default=""),
-    Column("local_edit", Boolean, nullable=False, default=False),
-    Column("data", Text, nullable=False),
-    Column("search_text", Text, nullable=False, default=""),
-    Column("verified_at", Float, nullable=True),
-    Column("verified_by", String(200), nullable=False, default=""),
-    Column("updated_at", Float, nullable=False),
-    Column("updated_by", String(200), nullable=False, default=""),
-)
-
-directory_change = Table(
-    "directory_change",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("program_id", String(100), nullable=False, index=True),
-    Column("tenant", String(500), nullable=False, default=""),
-    Column("action", String(20), nullable=False),  # add | edit | retire | verify | import
-    Column("status", String(20), nullable=False, index=True),  # live | pending | rejected
-    Column("who", String(200), nullable=False),
-    Column("why", Text, nullable=False, default=""),
-    Column("at", Float, nullable=False),
-    Column("before", Text, nullable=False, default=""),
-    Column("after", Text, nullable=False, default=""),
-    Column("reviewed_by", String(200), nullable=False, default=""),
-    Column("reviewed_at", Float, nullable=True),
-)
-
-directory_subscription = Table(
-    "directory_subscription",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("kind", String(10), nullable=False),  # fhir | hsds
-    Column("url", String(1000), nullable=False, unique=True),
-    Column("last_run", Float, nullable=True),
-    Column("last_result", Text, nullable=False, default=""),
-)
-
-directory_meta = Table(
-    "directory_meta",
-    metadata,
-    Column("key", String(50), primary_key=True),
-    Column("value", Integer, nullable=False),
-)
 
 Action = Literal["add", "edit", "retire", "verify", "import"]
 _WORD = re.compile(r"[0-9A-Za-zÀ-ÿ]+")
@@ -196,18 +141,7 @@ class DirectoryRepository:
         if self.sqlite:
             # Several gunicorn workers share one file: wait for a writer instead of failing.
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        try:
-            metadata.create_all(self.engine)
-        except OperationalError:
-            metadata.create_all(self.engine)  # another worker created them first
-        if self.sqlite:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "CREATE VIRTUAL TABLE IF NOT EXISTS directory_fts USING "
-                        "fts5(program_id UNINDEXED, body, tokenize='unicode61 remove_diacritics 2')"
-                    )
-                )
+        _require_tables(self.engine)
         self._lock = threading.Lock()
         self._cache: tuple[int, dict[str, ProgramRecord]] = (-1, {})
         self._sorted: tuple[dict[str, ProgramRecord] | None, list[ProgramRecord]] = (None, [])
@@ -898,3 +832,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout = 10000")
     cursor.close()
+
+
+def _require_tables(engine: Engine) -> None:
+    # The tables come from the migrations (smartapp/db), applied before any worker starts.
+    needed = {t.name for t in (directory_program, directory_change, directory_meta)}
+    needed.add(directory_subscription.name)
+    if engine.dialect.name == "sqlite":
+        needed.add("directory_fts")
+    missing = needed - set(inspect(engine).get_table_names())
+    if missing:
+        raise SchemaError(
+            "PeerBridge's database has no program directory tables yet: run `peerbridge migrate`"
+            " (serve and demo do it before starting workers)."
+        )

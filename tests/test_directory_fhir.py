@@ -15,6 +15,7 @@ from config.settings import DEFAULT_DIRECTORY
 from fhir_mappings.directory import fetch_directory, load_directory_file, programs_to_bundle
 from fhir_mappings.domain import Program
 from fhir_mappings.fhir_client import FhirClient
+from smartapp.db.schema import upgrade_all
 from smartapp.directory import store as program_directory
 from tests.conftest import Sandbox, app_settings
 
@@ -107,7 +108,9 @@ def test_app_start_loads_the_shipped_directory_once_and_keeps_it_on_the_app(
 ) -> None:
     app = Flask(__name__)
     assert not program_directory.directory_loaded(app)
-    program_directory.init_app(app, app_settings(sandbox, tmp_path))
+    settings = app_settings(sandbox, tmp_path)
+    upgrade_all(settings)  # as `peerbridge serve` does before its workers start
+    program_directory.init_app(app, settings)
     with app.app_context():
         assert len(program_directory.current_programs()) >= 40
     # The matching engine's Directory is built too once smartapp.suggest.engine exists.

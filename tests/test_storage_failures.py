@@ -178,16 +178,13 @@ def test_a_session_store_that_cannot_be_opened_gives_the_styled_page_not_a_bare_
     web = app.test_client()
     handle = launch(app, sandbox, web)
     _, form = propose_via_form(app, web, handle)
-    store = tmp_path / "state" / "sessions.sqlite3"
-    for leftover in store.parent.glob("sessions.sqlite3*"):
-        leftover.unlink()
-    store.mkdir()  # a directory where the database file should be: every open fails
-    try:
-        with caplog.at_level(logging.INFO):
-            answer = web.post(f"/l/{handle}/referrals", data=form)
-            page = web.get(f"/l/{handle}/patient")
-    finally:
-        shutil.rmtree(store)
+    # The session store shares the app's SQLite file; losing its table makes every session
+    # read and write fail while the outbox's own tables stay usable.
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        db.execute("DROP TABLE launch_kv")
+    with caplog.at_level(logging.INFO):
+        answer = web.post(f"/l/{handle}/referrals", data=form)
+        page = web.get(f"/l/{handle}/patient")
     assert answer.status_code == 503
     _page_says(answer, "NOT saved")
     assert page.status_code == 503

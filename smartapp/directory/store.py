@@ -13,10 +13,10 @@ from flask import Flask, current_app
 
 from config import Settings, SettingsError
 from fhir_mappings.code_maps import need_codesystem
-from fhir_mappings.directory import DirectoryError, fetch_directory, load_directory_file
+from fhir_mappings.directory import DirectoryError, load_directory_file
 from fhir_mappings.domain import Program
-from fhir_mappings.fhir_client import FhirClient, FhirError
 from smartapp.directory.repository import DirectoryRepository
+from smartapp.directory.service import load_programs as load_programs  # one loader
 
 if TYPE_CHECKING:
     from smartapp.suggest.engine import Directory
@@ -27,35 +27,6 @@ PROGRAMS_KEY = "peerbridge.programs"
 DIRECTORY_KEY = "peerbridge.directory"
 REPOSITORY_KEY = "peerbridge.directory.repository"
 _INDEX_KEY = "peerbridge.directory.index"
-
-
-def load_programs(settings: Settings) -> list[Program]:
-    """The configured directory's programs; SettingsError names the setting to fix."""
-    if settings.directory.source == "fhir":
-        base = settings.directory.fhir_base
-        # A program directory is public reference data (like a national directory): no token.
-        client = FhirClient(base, timeout=settings.fhir.timeout_seconds)
-        try:
-            programs = fetch_directory(client, settings.fhir.page_size)
-        except FhirError as exc:
-            raise SettingsError(
-                f"directory.fhir_base: cannot read the program directory from {base} ({exc})"
-            ) from exc
-        if not programs:
-            raise SettingsError(
-                f"directory.fhir_base: {base} has no usable active HealthcareService"
-            )
-        return programs
-    path = settings.directory_path
-    try:
-        return load_directory_file(path)
-    except DirectoryError as exc:
-        listed = "; ".join(str(p) for p in exc.problems[:5])
-        more = f" (and {len(exc.problems) - 5} more)" if len(exc.problems) > 5 else ""
-        raise SettingsError(
-            f"directory.path: {path} is not a usable program directory: {listed}{more}"
-            " (run `peerbridge directory validate FILE` for every problem)"
-        ) from exc
 
 
 def local_program_files(settings: Settings) -> list[Program]:

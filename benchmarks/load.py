@@ -1,6 +1,8 @@
 """Load benchmark (issue #8): N concurrent simulated clinicians against PeerBridge under gunicorn
 and the dev EHR, both on loopback. Each user loops: EHR launch (launch -> authorize -> callback,
 redirects followed by hand with a cookie jar), patient view, propose a referral (form + submit).
+With `full=True` (benchmarks/soak.py) the loop goes on as the social worker: a launch of their
+own, worklist, complete the draft (and its review step when the page has one), record an outcome.
 
 Reports throughput, p50/p95/p99 per step and errors. Goal: 0 errors and patient view p95 <= 300 ms
 on a 2-core machine with 50 users for 60 s.
@@ -25,8 +27,9 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -36,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from config.settings import DEFAULT_DIRECTORY  # noqa: E402
 from fhir_mappings.directory import load_directory_file  # noqa: E402
+from fhir_mappings.referral import program_name_of  # noqa: E402
 from smartapp.ops.demo import (  # noqa: E402
     demo_wiring,
     free_port,
@@ -49,6 +53,7 @@ CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 IDENTIFIER = re.compile(r'id="identifier" name="identifier" type="hidden" value="([^"]*)"')
 SYSTEM = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
 USER = "Practitioner/subspecialist-1"
+SOCIAL_WORKER = "Practitioner/social-worker-1"
 
 
 class StepError(Exception):
@@ -155,6 +160,29 @@ class Stack:
         found.raise_for_status()
         return len(found.json().get("entry", []))
 
+    def referrals_by_program(self, patient: str) -> Counter[str]:
+        """PeerBridge's ServiceRequests of this patient in the EHR (by its identifier system),
+        counted per program: one person's intent written twice shows as a count above one."""
+        body = {"client_id": "peerbridge", "patient": patient, "user": USER}
+        token = self.admin("POST", "tokens", json={**body, "scope": "patient/ServiceRequest.rs"})
+        headers = {"Authorization": f"Bearer {token['access_token']}"}
+        url: str | None = f"{self.fhir_base}/ServiceRequest?patient={patient}&_count=200"
+        found: Counter[str] = Counter()
+        for _page in range(200):  # bounded: 40,000 ServiceRequests
+            if not url:
+                break
+            page = requests.get(url, headers=headers, timeout=30)
+            page.raise_for_status()
+            bundle = page.json()
+            for entry in bundle.get("entry", []):
+                sr = entry["resource"]
+                if any(i.get("system") == SYSTEM for i in sr.get("identifier", [])):
+                    found[program_name_of(sr)] += 1
+            url = next(
+                (li["url"] for li in bundle.get("link", []) if li["relation"] == "next"), None
+            )
+        return found
+
     def service_requests(self, patient: str, identifier: str) -> int:
         """How many ServiceRequests in the EHR carry this referral identifier."""
         body = {"client_id": "peerbridge", "patient": patient, "user": USER}
@@ -172,11 +200,22 @@ class Stack:
 class Browser:
     """One clinician's browser: a cookie jar for PeerBridge; EHR hops carry no PeerBridge cookie."""
 
+    sent: ClassVar[Counter[str]] = (
+        Counter()
+    )  # HTTP requests of every browser, PeerBridge's and the EHR's pages
+    _sent_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self, stack: Stack, patient: str, timeout: float = 30.0) -> None:
         self.stack = stack
         self.patient = patient
         self.timeout = timeout
         self.http = requests.Session()
+        self.http.hooks["response"].append(self._count)
+
+    @classmethod
+    def _count(cls, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        with cls._sent_lock:
+            cls.sent[urlsplit(response.url).netloc] += 1
 
     def _get(self, step: str, url: str, expect: int) -> requests.Response:
         try:
@@ -187,16 +226,19 @@ class Browser:
             raise StepError(step, f"HTTP {response.status_code}")
         return response
 
-    def launch(self) -> str:
+    def launch(self, user: str = USER) -> str:
         """An EHR launch from the chart; returns the launch handle."""
-        launch = self.stack.admin("POST", "launches", json={"patient": self.patient, "user": USER})[
+        launch = self.stack.admin("POST", "launches", json={"patient": self.patient, "user": user})[
             "launch"
         ]
         query = urlencode({"iss": self.stack.fhir_base, "launch": launch})
         start = self._get("launch", f"{self.stack.app_url}/launch?{query}", 302)
         try:
             ehr = requests.get(
-                start.headers["Location"], allow_redirects=False, timeout=self.timeout
+                start.headers["Location"],
+                allow_redirects=False,
+                timeout=self.timeout,
+                hooks={"response": self._count},
             )
         except requests.RequestException as exc:
             raise StepError("launch", f"authorize {type(exc).__name__}") from exc
@@ -238,6 +280,130 @@ class Browser:
             raise StepError("propose referral", type(exc).__name__) from exc
         if response.status_code != 303:
             raise StepError("propose referral", f"HTTP {response.status_code}")
+
+    def _post(self, step: str, url: str, data: dict[str, str]) -> requests.Response:
+        try:
+            return self.http.post(url, data=data, allow_redirects=False, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise StepError(step, type(exc).__name__) from exc
+
+    def worklist(self, handle: str) -> str:
+        return self._get("worklist", f"{self.stack.app_url}/l/{handle}/worklist", 200).text
+
+    def complete(self, handle: str, identifier: str, worklist_page: str = "") -> None:
+        """The social worker completes a draft: phone call to the patient's contact, consent
+        recorded; a review step ("Check before sending") is confirmed when the page has one."""
+        if worklist_page and f"/referrals/{identifier}/complete" not in worklist_page:
+            raise StepError("complete referral", "the draft is not on the worklist")
+        url = f"{self.stack.app_url}/l/{handle}/referrals/{identifier}/complete"
+        page = self._get("complete referral", url, 200).text
+        form = page_form(page, "/complete")
+        if form is None:
+            raise StepError("complete referral", "no completion form on the page")
+        data = {
+            **form.values,
+            "consent_given": "y",
+            "consent_by": "Parent, by phone",
+            "contact_preference": "phone",
+            "language": "en",
+            "note": "soak test",
+        }
+        if not data.get("contact_person"):
+            data["contact_person"] = form.first_choice.get("contact_person", "")
+        for _step in range(3):  # the form, then at most a review step or two
+            response = self._post("complete referral", url, data)
+            if response.status_code == 303:
+                return
+            review = page_form(response.text, "/complete") if response.status_code == 200 else None
+            send = review.button("send") if review else None
+            if review is None or send is None:
+                raise StepError("complete referral", f"HTTP {response.status_code}")
+            data = {**review.values, send[0]: send[1]}
+        raise StepError("complete referral", "the review step did not end")
+
+    def record_outcome(self, handle: str, identifier: str, outcome: str = "contact-made") -> None:
+        url = f"{self.stack.app_url}/l/{handle}/referrals/{identifier}"
+        page = self._get("record outcome", url, 200).text
+        form = page_form(page, "/outcome")
+        if form is None:
+            raise StepError("record outcome", "no outcome form on the referral page")
+        data = {**form.values, "outcome": outcome, "note": "soak test", "program": ""}
+        response = self._post("record outcome", f"{url}/outcome", data)
+        if response.status_code != 303:
+            raise StepError("record outcome", f"HTTP {response.status_code}")
+
+
+class PageForm:
+    """One <form> of a page: where it posts, the values it would send as it stands (hidden and
+    filled inputs, checked boxes, selected options), its first radio choice per name, and its
+    submit buttons."""
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        self.values: dict[str, str] = {}
+        self.first_choice: dict[str, str] = {}
+        self.buttons: list[tuple[str, str]] = []
+
+    def button(self, value: str) -> tuple[str, str] | None:
+        return next((b for b in self.buttons if b[1] == value), None)
+
+
+class _FormParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[PageForm] = []
+        self._form: PageForm | None = None
+        self._textarea = ""
+        self._select = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self._form = PageForm(a.get("action", ""))
+            self.forms.append(self._form)
+            return
+        form = self._form
+        if form is None:
+            return
+        name = a.get("name", "")
+        if tag == "input" and name:
+            kind = a.get("type", "text")
+            if kind in ("radio", "checkbox"):
+                form.first_choice.setdefault(name, a.get("value", "on"))
+                if "checked" in a:
+                    form.values[name] = a.get("value", "on")
+            elif kind == "submit":
+                form.buttons.append((name, a.get("value", "")))
+            else:
+                form.values[name] = a.get("value", "")
+        elif tag == "button" and a.get("type", "submit") == "submit":
+            form.buttons.append((name, a.get("value", "")))
+        elif tag == "textarea" and name:
+            self._textarea = name
+            form.values[name] = ""
+        elif tag == "select" and name:
+            self._select = name
+        elif tag == "option" and self._select and "selected" in a:
+            form.values[self._select] = a.get("value", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+        elif tag == "textarea":
+            self._textarea = ""
+        elif tag == "select":
+            self._select = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._form is not None and self._textarea:
+            self._form.values[self._textarea] += data
+
+
+def page_form(page: str, action_ends: str) -> PageForm | None:
+    """The first form of the page whose action ends with `action_ends`."""
+    parser = _FormParser()
+    parser.feed(page)
+    return next((f for f in parser.forms if f.action.split("?")[0].endswith(action_ends)), None)
 
 
 def seed_patients() -> list[str]:
@@ -305,6 +471,7 @@ def run_user(
     stop_at: float,
     n: int,
     think: float = 0.0,
+    full: bool = False,
 ) -> None:
     pause = random.Random(n)
     # Users arrive spread over one think time and pause 0.5-1.5x it, so they do not march in step.
@@ -323,6 +490,8 @@ def run_user(
             with recorder.lock:
                 recorder.submitted[form["identifier"]] = patient
             time.sleep(think * pause.uniform(0.5, 1.5))
+            if full:
+                social_worker(recorder, Browser(stack, patient), form["identifier"], think, pause)
         except StepError:
             time.sleep(0.2)
         else:
@@ -331,10 +500,37 @@ def run_user(
         i += 1
 
 
+def social_worker(
+    recorder: Recorder, browser: Browser, identifier: str, think: float, pause: random.Random
+) -> None:
+    """The social worker opens PeerBridge for the patient, finds the draft on the worklist,
+    completes it, and later records the family's answer."""
+    handle = recorder.timed("launch", browser.launch, SOCIAL_WORKER)
+    page = recorder.timed("worklist", browser.worklist, handle)
+    time.sleep(think * pause.uniform(0.5, 1.5))
+    recorder.timed("complete referral", browser.complete, handle, identifier, page)
+    time.sleep(think * pause.uniform(0.5, 1.5))
+    recorder.timed("record outcome", browser.record_outcome, handle, identifier)
+    time.sleep(think * pause.uniform(0.5, 1.5))
+
+
+STEPS = (
+    "launch",
+    "patient view",
+    "referral form",
+    "propose referral",
+    "worklist",
+    "complete referral",
+    "record outcome",
+)
+
+
 def report(recorder: Recorder, seconds: float, users: int) -> dict[str, Any]:
     steps = {}
     total_requests = 0
-    for step in ("launch", "patient view", "referral form", "propose referral"):
+    for step in STEPS:
+        if step not in recorder.times and STEPS.index(step) > 3:
+            continue  # the social worker's steps, only in the full flow
         values = recorder.times.get(step, [])
         total_requests += len(values)
         steps[step] = {

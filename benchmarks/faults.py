@@ -1,17 +1,25 @@
-"""Fault benchmark (issue #8): simulated clinicians propose referrals while the dev EHR times out,
-answers 500/503, drops connections and expires every token, during reads and writes, and while
-PeerBridge (gunicorn) is restarted mid-run. A clinician whose submit fails presses submit again
-(the same form, so the same referral identifier) a few times, as a person would.
+"""Fault benchmark (issues #8, #15): simulated clinicians propose referrals while the dev EHR times
+out, answers 500/503, drops connections and expires every token, during reads and writes, while
+PeerBridge's session store fails for a moment, and while PeerBridge (gunicorn) is restarted and its
+workers killed mid-run.
 
-Afterwards, with faults cleared, it waits for the outbox to drain and counts ServiceRequests in the
-EHR by identifier. Goal: every confirmed submission is in the EHR exactly once (0 lost,
-0 duplicates), and nothing reaches the EHR twice for a submission the user never saw confirmed.
+Each clinician means one referral per (patient, program), never the same pair twice in a run. When
+a page fails they do what people do: press submit again on the same form (back button, same
+referral identifier), or reload and fill in the form anew (a new identifier), relaunching when the
+launch itself failed; some also had the form open in a second tab and submit that one too. A page
+saying the patient already has a referral to the program ends their attempt (it was saved).
+
+Afterwards, with faults cleared, it waits for the outbox to drain and counts in the EHR: per
+referral identifier (its ServiceRequest and its Task), and per intention (PeerBridge's
+ServiceRequests for that patient and program). Goal: every acknowledged submission in the EHR
+exactly once (0 lost, 0 duplicates), no intention in the EHR twice (0 duplicates of intent), and
+nothing in the EHR twice for a submission the user never saw confirmed.
 
 Faults happen before the EHR processes a request and after it committed ("saved, but the answer
 was lost"), workers are killed with SIGKILL, and the shipped retry settings are used. A referral
 counts as in the EHR when its ServiceRequest and its Task are there exactly once.
 
-Run: python benchmarks/faults.py [--users 10] [--duration 60] [--json FILE]
+Run: python benchmarks/faults.py [--users 10] [--duration 60] [--seed 15] [--json FILE]
      python benchmarks/faults.py --outage 600   # the EHR down 10 minutes, then back
 """
 
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -29,7 +39,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import Browser, Stack, StepError, program_ids, seed_patients, warm_up
+from load import (
+    AlreadyReferred,
+    Browser,
+    Stack,
+    StepError,
+    program_ids,
+    program_names,
+    seed_patients,
+    warm_up,
+)
 
 FHIR_TIMEOUT = 2.0  # the app's per-call FHIR timeout in this run; injected timeouts exceed it
 
@@ -58,8 +77,41 @@ def fault_schedule(stack: Stack) -> list[tuple[str, Any]]:
             fault("timeout-after", "POST", "/fhir", 2, FHIR_TIMEOUT + 1),
         ),
         ("kill -9 of a worker", stack.kill_worker),
+        ("session store lost for 1.5 s", lambda: session_store_outage(stack, 1.5)),
         ("app restart", stack.restart_app),
     ]
+
+
+def session_store_outage(stack: Stack, seconds: float) -> None:
+    """PeerBridge's session store fails for a moment, as a lost disk would: its table in the
+    app's SQLite file is renamed away and back. Pages and submits in that moment get the styled
+    storage-failure page ("was NOT saved"), and users re-propose after it."""
+    db = stack.workdir / "outbox.sqlite3"
+    with sqlite3.connect(db, timeout=30) as conn:
+        conn.execute("ALTER TABLE launch_kv RENAME TO launch_kv_away")
+    try:
+        time.sleep(seconds)
+    finally:
+        for _try in range(20):  # bounded: the file may be busy for a moment
+            try:
+                with sqlite3.connect(db, timeout=30) as conn:
+                    conn.execute("ALTER TABLE launch_kv_away RENAME TO launch_kv")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(0.5)
+
+
+class Intents:
+    """(patient, program) pairs handed out once each: a clinician's one intention."""
+
+    def __init__(self, patients: list[str], programs: list[str], seed: int) -> None:
+        rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.left = {p: rng.sample(programs, len(programs)) for p in patients}
+
+    def take(self, patient: str) -> str | None:
+        with self.lock:
+            return self.left[patient].pop() if self.left[patient] else None
 
 
 class Ledger:
@@ -67,40 +119,98 @@ class Ledger:
         self.lock = threading.Lock()
         self.confirmed: dict[str, str] = {}  # identifier -> patient
         self.unconfirmed: dict[str, str] = {}
+        self.intents: dict[tuple[str, str], str] = {}  # (patient, program) -> how it ended
+        self.behaviours: Counter[str] = Counter()
         self.step_errors: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
 
+    def note(self, behaviour: str) -> None:
+        with self.lock:
+            self.behaviours[behaviour] += 1
+
+
+SECOND_TAB = 0.15  # share of users who also opened the form in a second tab
+RESUBMIT = 0.5  # after a failed submit: the same form again, else reload it (a new identifier)
+
 
 def run_user(
-    stack: Stack, ledger: Ledger, patient: str, programs: list[str], stop_at: float
+    stack: Stack,
+    ledger: Ledger,
+    intents: Intents,
+    patient: str,
+    stop_at: float,
+    n: int,
 ) -> None:
-    n = 0
+    rng = random.Random(n)
     while time.monotonic() < stop_at:
-        n += 1
-        browser = Browser(stack, patient, timeout=20)
+        program = intents.take(patient)
+        if program is None:
+            return
+        with ledger.lock:
+            ledger.intents[(patient, program)] = "never confirmed"
+        pursue(stack, ledger, rng, patient, program)
+
+
+def pursue(stack: Stack, ledger: Ledger, rng: random.Random, patient: str, program: str) -> None:
+    """One intention, as a person pursues it through failures (bounded: 8 tries)."""
+    browser = Browser(stack, patient, timeout=20)
+    handle = ""
+    form: dict[str, str] | None = None
+    second_tab: dict[str, str] | None = None
+    submitted: list[str] = []
+    ended = "never confirmed"
+    for _try in range(8):
         try:
-            handle = browser.launch()
-            browser.patient_view(handle)
-            form = browser.referral_form(handle, programs[n % len(programs)])
+            if not handle:
+                handle = browser.launch()
+                browser.patient_view(handle)
+            if form is None:
+                form = browser.referral_form(handle, program, again=False)
+                if not submitted and rng.random() < SECOND_TAB:
+                    second_tab = browser.referral_form(handle, program, again=False)
+                    ledger.note("opened the form in a second tab too")
+            submitted.append(form["identifier"])
+            browser.submit(handle, form)
+        except AlreadyReferred:
+            ended = "told it is already referred"
+            ledger.note("reopened the form and was told it is already referred")
+            break
         except StepError as exc:
             with ledger.lock:
-                ledger.step_errors[exc.step] += 1
-            time.sleep(0.3)
+                ledger.step_errors[f"{exc.step} ({exc.detail})"] += 1
+            if exc.step == "launch":
+                handle, form = "", None
+            elif exc.step in ("patient view", "referral form"):
+                form = None
+            elif rng.random() < RESUBMIT:
+                ledger.note("pressed submit again on the same form (back button)")
+            else:
+                form = None
+                ledger.note("reloaded the form and proposed again (a new identifier)")
+            time.sleep(0.5)
             continue
-        identifier = form["identifier"]
-        for _attempt in range(6):
-            try:
-                browser.submit(handle, form)
-            except StepError as exc:
-                with ledger.lock:
-                    ledger.step_errors[f"{exc.step} ({exc.detail})"] += 1
-                time.sleep(0.5)
-                continue
+        ended = "confirmed"
+        with ledger.lock:
+            ledger.confirmed[form["identifier"]] = patient
+        break
+    if second_tab is not None and handle:
+        # The forgotten tab: submitted too, by someone who thinks the first did not go.
+        ledger.note("submitted the second tab too")
+        submitted.append(second_tab["identifier"])
+        try:
+            browser.submit(handle, second_tab)
             with ledger.lock:
-                ledger.confirmed[identifier] = patient
-            break
-        else:
+                ledger.confirmed[second_tab["identifier"]] = patient
+            ended = "confirmed" if ended == "never confirmed" else ended
+        except AlreadyReferred:
+            ledger.note("second tab: told it is already referred")
+        except StepError as exc:
             with ledger.lock:
+                ledger.step_errors[f"second tab {exc.step} ({exc.detail})"] += 1
+    with ledger.lock:
+        ledger.intents[(patient, program)] = ended
+        for identifier in submitted:
+            if identifier not in ledger.confirmed:
                 ledger.unconfirmed[identifier] = patient
 
 
@@ -123,6 +233,22 @@ def count_in_ehr(stack: Stack, items: dict[str, str]) -> dict[str, int]:
     return {identifier: stack.referral_count(p, identifier) for identifier, p in items.items()}
 
 
+def intents_in_ehr(
+    stack: Stack, intents: dict[tuple[str, str], str], baseline: dict[str, Counter[str]]
+) -> dict[tuple[str, str], int]:
+    """PeerBridge's ServiceRequests in the EHR per intention (patient, program), less what the
+    patient had before the run."""
+    names = program_names()
+    found: dict[tuple[str, str], int] = {}
+    for patient in {p for p, _ in intents}:
+        now = stack.referrals_by_program(patient)
+        for (p, program), _ended in intents.items():
+            if p == patient:
+                name = names[program]
+                found[(p, program)] = now[name] - baseline.get(patient, Counter())[name]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=10)
@@ -137,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: the EHR down this many seconds (600 in the issue), then back",
     )
     parser.add_argument("--outage-referrals", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=15, help="users' choices and the programs")
     args = parser.parse_args(argv)
     if args.outage:
         return run_outage(args)
@@ -149,13 +276,22 @@ def main(argv: list[str] | None = None) -> int:
         stack.start()
         try:
             warm_up(stack, patients)
+            baseline = {p: stack.referrals_by_program(p) for p in patients}
             ledger = Ledger()
+            intents = Intents(patients, programs, args.seed)
             started = time.monotonic()
             stop_at = started + args.duration
             threads = [
                 threading.Thread(
                     target=run_user,
-                    args=(stack, ledger, patients[n % len(patients)], programs, stop_at),
+                    args=(
+                        stack,
+                        ledger,
+                        intents,
+                        patients[n % len(patients)],
+                        stop_at,
+                        args.seed * 1000 + n,
+                    ),
                     daemon=True,
                 )
                 for n in range(args.users)
@@ -170,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             stack.admin("DELETE", "faults")
             # The outbox keeps retrying in the app's worker threads; wait until all is in.
             drain_started = time.monotonic()
+            told = {k for k, v in ledger.intents.items() if v == "told it is already referred"}
             while True:
                 counts = count_in_ehr(stack, ledger.confirmed)
-                if all(c >= 1 for c in counts.values()):
+                per_intent = intents_in_ehr(stack, ledger.intents, baseline)
+                if all(c >= 1 for c in counts.values()) and all(per_intent[k] >= 1 for k in told):
                     break
                 if time.monotonic() - drain_started > args.drain_timeout:
                     break
@@ -181,11 +319,23 @@ def main(argv: list[str] | None = None) -> int:
             unconfirmed_counts = count_in_ehr(stack, ledger.unconfirmed)
         finally:
             stack.stop()
+    acknowledged = {k for k, v in ledger.intents.items() if v != "never confirmed"}
     result = {
         "users": args.users,
         "seconds": args.duration,
+        "seed": args.seed,
         "faults_injected": dict(ledger.faults),
         "user_visible_errors": dict(ledger.step_errors),
+        "what_users_did": dict(ledger.behaviours),
+        "intentions": len(ledger.intents),
+        "intentions_by_end": dict(Counter(ledger.intents.values())),
+        "intentions_acknowledged_but_not_in_ehr": sum(
+            1 for k in acknowledged if per_intent[k] == 0
+        ),
+        "duplicates_of_intent": sum(c - 1 for c in per_intent.values() if c > 1),
+        "intentions_in_ehr_more_than_once": sorted(
+            f"{p} / {program}: {c}" for (p, program), c in per_intent.items() if c > 1
+        ),
         "submissions_confirmed": len(ledger.confirmed),
         "service_requests_for_them": sum(counts.values()),
         "lost": sum(1 for c in counts.values() if c == 0),
@@ -203,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         and result["tasks_not_one_per_service_request"] == 0
         and result["never_confirmed_duplicates"] == 0
         and result["submissions_confirmed"] == result["service_requests_for_them"]
+        and result["duplicates_of_intent"] == 0
+        and result["intentions_acknowledged_but_not_in_ehr"] == 0
     )
     print(
-        f"goal (submissions == ServiceRequests, 0 lost, 0 duplicates): {'met' if ok else 'NOT met'}"
+        "goal (submissions == ServiceRequests, 0 lost, 0 duplicates, 0 duplicates of intent): "
+        + ("met" if ok else "NOT met")
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")

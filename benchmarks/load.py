@@ -15,6 +15,7 @@ Run: python benchmarks/load.py [--users 50] [--duration 60] [--workers 2] [--thi
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import random
@@ -30,7 +31,7 @@ from collections import Counter, defaultdict
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import requests
 
@@ -39,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 
 from config.settings import DEFAULT_DIRECTORY  # noqa: E402
 from fhir_mappings.directory import load_directory_file  # noqa: E402
-from fhir_mappings.referral import program_name_of  # noqa: E402
 from smartapp.ops.demo import (  # noqa: E402
     demo_wiring,
     free_port,
@@ -49,8 +49,7 @@ from smartapp.ops.demo import (  # noqa: E402
 )
 
 SEED_PATIENTS = ROOT / "ehr_sandbox" / "seed" / "02-patients.json"
-CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
-IDENTIFIER = re.compile(r'id="identifier" name="identifier" type="hidden" value="([^"]*)"')
+AGAIN = re.compile(r'href="([^"]*again=1[^"]*)"')
 SYSTEM = "https://peerbridge.example.org/fhir/NamingSystem/referral-id"
 USER = "Practitioner/subspecialist-1"
 SOCIAL_WORKER = "Practitioner/social-worker-1"
@@ -63,12 +62,24 @@ class StepError(Exception):
         self.detail = detail
 
 
+class AlreadyReferred(StepError):
+    """The page said the patient already has a referral to the program and asked first."""
+
+
 class Stack:
     """The dev EHR and PeerBridge (gunicorn) on loopback, wired as `peerbridge demo` wires them."""
 
-    def __init__(self, workdir: Path, *, workers: int = 2, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        workers: int = 2,
+        env: dict[str, str] | None = None,
+        gunicorn_config: str = "",
+    ):
         self.workdir = workdir
         self.workers = workers
+        self.gunicorn_config = gunicorn_config  # instead of the deployed one (a probe's)
         self.extra_env = env or {}
         self.ehr_port = free_port()
         self.app_port = free_port()
@@ -104,8 +115,11 @@ class Stack:
         self.start_app()
 
     def start_app(self) -> None:
+        command = gunicorn_command(f"127.0.0.1:{self.app_port}", workers=self.workers)
+        if self.gunicorn_config:
+            command[command.index("--config") + 1] = self.gunicorn_config
         self.app = subprocess.Popen(
-            gunicorn_command(f"127.0.0.1:{self.app_port}", workers=self.workers),
+            command,
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
@@ -177,7 +191,9 @@ class Stack:
             for entry in bundle.get("entry", []):
                 sr = entry["resource"]
                 if any(i.get("system") == SYSTEM for i in sr.get("identifier", [])):
-                    found[program_name_of(sr)] += 1
+                    # PeerBridge writes "Referral to peer support: <program name>".
+                    text = str(sr.get("code", {}).get("text", ""))
+                    found[text.split(": ", 1)[-1]] += 1
             url = next(
                 (li["url"] for li in bundle.get("link", []) if li["relation"] == "next"), None
             )
@@ -254,19 +270,23 @@ class Browser:
     def patient_view(self, handle: str) -> None:
         self._get("patient view", f"{self.stack.app_url}/l/{handle}/patient", 200)
 
-    def referral_form(self, handle: str, program_id: str) -> dict[str, str]:
+    def referral_form(self, handle: str, program_id: str, *, again: bool = True) -> dict[str, str]:
+        """The propose form's fields. When the patient already has a referral to the program the
+        page asks first; a clinician who means another one follows "Propose another referral"
+        (`again`), one who does not stops there (AlreadyReferred)."""
         url = f"{self.stack.app_url}/l/{handle}/referrals/new?program={program_id}"
         page = self._get("referral form", url, 200).text
-        token, identifier = CSRF.search(page), IDENTIFIER.search(page)
-        if not token or not identifier:
+        form = page_form(page, "/referrals")
+        link = AGAIN.search(page)
+        if form is None and link:
+            if not again:
+                raise AlreadyReferred("referral form", "already referred: asked first")
+            url = urljoin(self.stack.app_url, html.unescape(link.group(1)))
+            page = self._get("referral form", url, 200).text
+            form = page_form(page, "/referrals")
+        if form is None or not form.values.get("csrf_token") or not form.values.get("identifier"):
             raise StepError("referral form", "no csrf token or identifier in the form")
-        return {
-            "csrf_token": token.group(1),
-            "identifier": identifier.group(1),
-            "program": program_id,
-            "priority": "routine",
-            "note": "load test",
-        }
+        return {**form.values, "program": program_id, "priority": "routine", "note": "load test"}
 
     def submit(self, handle: str, form: dict[str, str]) -> None:
         try:
@@ -278,6 +298,8 @@ class Browser:
             )
         except requests.RequestException as exc:
             raise StepError("propose referral", type(exc).__name__) from exc
+        if response.status_code == 409 and AGAIN.search(response.text):
+            raise AlreadyReferred("propose referral", "already referred: asked first")
         if response.status_code != 303:
             raise StepError("propose referral", f"HTTP {response.status_code}")
 
@@ -323,7 +345,7 @@ class Browser:
 
     def record_outcome(self, handle: str, identifier: str, outcome: str = "contact-made") -> None:
         url = f"{self.stack.app_url}/l/{handle}/referrals/{identifier}"
-        page = self._get("record outcome", url, 200).text
+        page = self._get("record outcome", f"{url}?record=outcome", 200).text
         form = page_form(page, "/outcome")
         if form is None:
             raise StepError("record outcome", "no outcome form on the referral page")
@@ -415,6 +437,11 @@ def seed_patients() -> list[str]:
 
 def program_ids() -> list[str]:
     return [p.id for p in load_directory_file(DEFAULT_DIRECTORY)]
+
+
+def program_names() -> dict[str, str]:
+    """Program id -> the name PeerBridge's ServiceRequests show for it."""
+    return {p.id: p.name for p in load_directory_file(DEFAULT_DIRECTORY)}
 
 
 def warm_up(stack: Stack, patients: list[str]) -> int:

@@ -17,6 +17,9 @@ during the window is reported and counts as a miss (a crash or a timeout is not 
 
 Run: python benchmarks/soak.py [--users 20] [--duration 1800] [--think 2] [--json FILE]
 A short check scales everything with --duration (e.g. --duration 150 samples every 2 s).
+`--tracemalloc DIR` traces allocations in each worker (benchmarks/soak_trace_conf.py) and writes
+what grew over the window, by source line, to DIR; tracing costs memory, so such a run explains
+growth but does not judge it.
 """
 
 from __future__ import annotations
@@ -158,13 +161,26 @@ def main(argv: list[str] | None = None) -> int:
         "--sample-every", type=float, default=0.0, help="seconds (default: 10, less if short)"
     )
     parser.add_argument("--json", default="", help="also write the result to this file")
+    parser.add_argument("--tracemalloc", default="", help="folder for per-worker growth reports")
     args = parser.parse_args(argv)
     every = args.sample_every or min(10.0, max(1.0, args.duration / 90))
     patients = [p for p in seed_patients() if p != "adult-many-conditions"]
     programs = program_ids()
     samples: list[tuple[float, dict[int, int]]] = []
     with tempfile.TemporaryDirectory(prefix="pb-soak-") as tmp:
-        stack = Stack(Path(tmp), workers=args.workers)
+        trace: dict[str, str] = {}
+        config = ""
+        if args.tracemalloc:
+            Path(args.tracemalloc).mkdir(parents=True, exist_ok=True)
+            # Snapshots at the window's start and end (the fork is a few seconds before t=0).
+            ends = (args.duration / 3, args.duration * 2 / 3, args.duration)
+            trace = {
+                "SOAK_TRACE_AT": ",".join(f"{t:.0f}" for t in ends),
+                "SOAK_TRACE_DIR": str(Path(args.tracemalloc).resolve()),
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            }
+            config = str(Path(__file__).resolve().parent / "soak_trace_conf.py")
+        stack = Stack(Path(tmp), workers=args.workers, env=trace, gunicorn_config=config)
         stack.start()
         try:
             cold_start_errors = warm_up(stack, patients)
@@ -211,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     result["rss_samples_kib"] = [{"t": round(t, 1), "rss": r} for t, r in samples]
     worst = max((w["growth_percent_fit"] for w in memory["workers"].values()), default=float("inf"))
     misses = []
+    if args.tracemalloc:
+        misses.append("a --tracemalloc run measures where memory goes, not whether it is flat")
     errors = (
         result["errors"]
         + cold_start_errors

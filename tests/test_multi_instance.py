@@ -21,7 +21,8 @@ from fhir_mappings.fhir_client import FhirClient
 from smartapp.app import create_app
 from smartapp.directory import store as program_directory
 from smartapp.ops.demo import free_port
-from smartapp.referrals.outbox import Outbox, outbox_table
+from smartapp.referrals.outbox import CONFIRMED, PENDING, WAITING_AUTH, Outbox, outbox_table
+from smartapp.referrals.sending import drain_pass
 from smartapp.referrals.views import SERVICE
 from smartapp.session.current import launch_store
 from tests.conftest import Sandbox, app_settings
@@ -224,3 +225,119 @@ def test_readyz_fails_while_redis_is_down(cluster: Cluster, redis_server: RedisS
     finally:
         redis_server.start()
     assert requests.get(f"{cluster.b.url}/readyz", timeout=30).status_code == 200
+
+
+# -- storage failures and restarts of the shared stores (issue #15) ------------------------------
+
+
+def _open_form(cluster: Cluster, browser: requests.Session, handle: str) -> dict[str, str]:
+    programs = cluster.a.app.extensions[program_directory.PROGRAMS_KEY]
+    program = sorted(programs, key=lambda p: p.id)[0]
+    page = browser.get(
+        f"{cluster.a.url}/l/{handle}/referrals/new?program={program.id}", timeout=10
+    ).text
+    token = CSRF.search(page)
+    identifier = re.search(r'id="identifier" name="identifier" type="hidden" value="([^"]*)"', page)
+    assert token and identifier, page
+    return {
+        "csrf_token": token.group(1),
+        "identifier": identifier.group(1),
+        "program": program.id,
+        "priority": "routine",
+    }
+
+
+def _in_ehr(sandbox: Sandbox, identifier: str) -> int:
+    token_response = sandbox.mint_token(PATIENT, "patient/ServiceRequest.rs")
+    ehr = FhirClient(sandbox.fhir_base, token=lambda: str(token_response["access_token"]))
+    return len(list(ehr.search("ServiceRequest", {"identifier": f"{SYSTEM}|{identifier}"})))
+
+
+def _styled_storage_page(response: requests.Response, *words: str) -> None:
+    assert response.status_code == 503, response.text[:2000]
+    for word in words:
+        assert word in response.text, response.text[:2000]
+    assert "Internal Server Error" not in response.text
+    assert '<link rel="stylesheet"' in response.text
+
+
+def test_a_submit_while_postgresql_is_down_says_not_saved_and_the_same_form_later_goes_once(
+    cluster: Cluster, sandbox: Sandbox, postgres_server: PostgresServer
+) -> None:
+    """Before: Flask's bare "Internal Server Error", nothing saying whether it was saved."""
+    for instance in (cluster.a, cluster.b):
+        instance.app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production
+    browser, handle = _launch_on_a_continue_on_b(cluster, sandbox)
+    form = _open_form(cluster, browser, handle)
+    url = f"{cluster.a.url}/l/{handle}/referrals"
+    postgres_server.stop()
+    try:
+        down = browser.post(url, data=form, allow_redirects=False, timeout=30)
+        _styled_storage_page(down, "NOT saved")
+    finally:
+        postgres_server.start()
+    assert _in_ehr(sandbox, form["identifier"]) == 0
+    for _press in range(2):  # the same form again, twice: one referral
+        again = browser.post(url, data=form, allow_redirects=False, timeout=30)
+        assert again.status_code == 303, again.text[:2000]
+    assert _in_ehr(sandbox, form["identifier"]) == 1
+
+
+def test_pages_while_redis_is_down_are_the_styled_storage_page_not_a_bare_500(
+    cluster: Cluster, sandbox: Sandbox, redis_server: RedisServer
+) -> None:
+    """Before: Redis killed gave Flask's bare "Internal Server Error" on every page."""
+    for instance in (cluster.a, cluster.b):
+        instance.app.config["PROPAGATE_EXCEPTIONS"] = False
+    browser, handle = _launch_on_a_continue_on_b(cluster, sandbox)
+    form = _open_form(cluster, browser, handle)
+    redis_server.stop()
+    try:
+        page = browser.get(f"{cluster.b.url}/l/{handle}/patient", timeout=30)
+        _styled_storage_page(page)
+        posted = browser.post(
+            f"{cluster.a.url}/l/{handle}/referrals", data=form, allow_redirects=False, timeout=30
+        )
+        _styled_storage_page(posted, "NOT saved")
+    finally:
+        redis_server.start()
+    assert _in_ehr(sandbox, form["identifier"]) == 0
+
+
+def _drain(instance: Instance) -> None:
+    app = instance.app
+    with app.app_context():
+        drain_pass(app.extensions[SERVICE].outbox, launch_store(app), app.config["PEERBRIDGE"])
+
+
+def test_a_referral_pending_when_redis_restarts_empty_waits_and_is_sent_on_the_next_launch(
+    cluster: Cluster, sandbox: Sandbox, redis_server: RedisServer
+) -> None:
+    """Before: Redis restarting empty left 2 rows "Pending" for good: every pass failed on the
+    lost launch, and relaunching did not send them."""
+    browser, handle = _launch_on_a_continue_on_b(cluster, sandbox)
+    form = _open_form(cluster, browser, handle)
+    sandbox.inject_fault("503", method="POST", path="/fhir", count=1)
+    posted = browser.post(
+        f"{cluster.a.url}/l/{handle}/referrals", data=form, allow_redirects=False, timeout=10
+    )
+    assert posted.status_code == 303, posted.text
+    outbox = cluster.b.app.extensions[SERVICE].outbox
+    [entry] = outbox.for_identifier(form["identifier"])
+    assert entry.status == PENDING
+
+    redis_server.stop()  # no persistence: it comes back empty, every launch and session gone
+    redis_server.start()
+    _drain(cluster.b)
+    _drain(cluster.b)
+    [entry] = outbox.for_identifier(form["identifier"])
+    assert entry.status == WAITING_AUTH  # visibly waiting, not failing at every pass
+    assert _in_ehr(sandbox, form["identifier"]) == 0
+
+    browser, again = _launch_on_a_continue_on_b(cluster, sandbox)  # the same user opens it again
+    page = browser.get(f"{cluster.a.url}/l/{again}/referrals/{form['identifier']}", timeout=30)
+    assert page.status_code == 200, page.text[:2000]
+    _drain(cluster.a)
+    [entry] = outbox.for_identifier(form["identifier"])
+    assert entry.status == CONFIRMED
+    assert _in_ehr(sandbox, form["identifier"]) == 1

@@ -44,7 +44,7 @@ class CdsEndpoints:
 def init_app(app: Flask, settings: Settings) -> None:
     if not settings.cds.enabled:
         return
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_pre_ping=True)  # survives a DB restart
     app.extensions[_EXTENSION] = CdsEndpoints(
         public_url=settings.app.public_url,
         verifier=CdsJwtVerifier(settings.cds.trusted_clients, JtiStore(engine), JwksCache()),

@@ -134,7 +134,8 @@ class DirectoryRepository:
         clock: Callable[[], float] = time.time,
         synonyms: dict[str, str] | None = None,
     ) -> None:
-        self.engine = engine or create_engine(database_url, future=True)
+        # pre-ping: after a database restart a pooled connection is dead; test it, not the user.
+        self.engine = engine or create_engine(database_url, future=True, pool_pre_ping=True)
         self.clock = clock
         self.synonyms = synonyms or {}
         self.sqlite = self.engine.dialect.name == "sqlite"

@@ -358,7 +358,8 @@ class WorkspaceStore:
         engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.engine = engine or create_engine(database_url, future=True)
+        # pre-ping: after a database restart a pooled connection is dead; test it, not the user.
+        self.engine = engine or create_engine(database_url, future=True, pool_pre_ping=True)
         self.clock = clock
 
     # -- generic ---------------------------------------------------------------------------------

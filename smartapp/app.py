@@ -10,7 +10,7 @@ from smartapp.cds import views as cds
 from smartapp.db import schema
 from smartapp.directory import store as program_directory
 from smartapp.directory import views as directory_views
-from smartapp.ops import health, observability, storage_errors
+from smartapp.ops import forking, health, observability, storage_errors
 from smartapp.ops.files import private_database, private_dir
 from smartapp.referrals import views as referrals
 from smartapp.referrals import worklist
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None, *, testing: bool = False) -> Fl
     storage_errors.init_app(app)  # last: wraps the session interface the features set up
     if not testing:
         health.warm_up(app)  # the first patient view must not pay for loading
+        # Under preload this is gunicorn's master: no connection may cross the fork.
+        forking.close_pools(app)
     return app
 
 

@@ -16,3 +16,13 @@ forwarded_allow_ips = "127.0.0.1"
 # shared by the forked workers: a worker starts in milliseconds and its first page is warm. Nothing
 # opens a connection while the app is built, so no socket is shared across the fork.
 preload_app = True
+
+
+def post_fork(server: object, worker: object) -> None:
+    """In each new worker: drop pooled connections the master held when it forked (see
+    smartapp/ops/forking.py); the app is the preloaded one, shared by the fork."""
+    from smartapp.ops.forking import forget_pools
+
+    app = getattr(getattr(worker, "app", None), "callable", None)
+    if app is not None:
+        forget_pools(app)

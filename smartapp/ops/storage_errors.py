@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 from typing import Any
 
 from flask import Blueprint, Flask, Response, render_template, request
@@ -25,19 +26,21 @@ from werkzeug.exceptions import InternalServerError
 
 log = logging.getLogger(__name__)
 
-try:  # redis is a dependency; the guard keeps this module importable without it
-    from redis.exceptions import RedisError
-except ImportError:  # pragma: no cover
-    RedisError = sqlite3.Error  # type: ignore[misc,assignment]
-
 bp = Blueprint("storage_errors", __name__, template_folder="templates")
 
+# Redis's errors are storage errors too, but importing redis costs every worker ~50 ms and only
+# an app with Redis sessions can raise them: `_redis_error` looks for them once redis is loaded.
 STORAGE_ERRORS: tuple[type[Exception], ...] = (
     SQLAlchemyError,
     sqlite3.Error,
-    RedisError,
     OSError,
 )
+
+
+def _redis_error() -> type[Exception] | None:
+    module = sys.modules.get("redis.exceptions")
+    found: type[Exception] | None = getattr(module, "RedisError", None)
+    return found
 
 
 class StorageFailure(Exception):
@@ -53,7 +56,12 @@ class StorageFailure(Exception):
 
 def is_storage_error(exc: BaseException) -> bool:
     # requests' errors are OSErrors too, but they are the EHR's, handled where they happen.
-    return isinstance(exc, STORAGE_ERRORS) and not isinstance(exc, RequestException)
+    if isinstance(exc, RequestException):
+        return False
+    redis_error = _redis_error()
+    return isinstance(exc, STORAGE_ERRORS) or (
+        redis_error is not None and isinstance(exc, redis_error)
+    )
 
 
 def _page(failure: StorageFailure) -> Response:
@@ -154,9 +162,13 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     guard_session_saves(app.session_interface)
     app.register_error_handler(StorageFailure, _on_failure)
-    for error in STORAGE_ERRORS:
-        if error is OSError:
-            continue  # too wide for a view handler; caught through the 500 handler below
+    errors = [e for e in STORAGE_ERRORS if e is not OSError]  # OSError: too wide for a view
+    # handler; caught through the 500 handler below
+    if app.config["PEERBRIDGE"].app.session_backend == "redis":
+        from redis.exceptions import RedisError  # the session store imported redis already
+
+        errors.append(RedisError)
+    for error in errors:
         app.register_error_handler(error, _on_storage_error)
     previous = app.error_handler_spec.get(None, {}).get(500, {}).get(InternalServerError)
     app.register_error_handler(InternalServerError, _internal_error_handler(previous))

@@ -86,7 +86,9 @@ def session_store_outage(stack: Stack, seconds: float) -> None:
     """PeerBridge's session store fails for a moment, as a lost disk would: its table in the
     app's SQLite file is renamed away and back. Pages and submits in that moment get the styled
     storage-failure page ("was NOT saved"), and users re-propose after it."""
-    db = stack.workdir / "outbox.sqlite3"
+    db = stack.workdir / "peerbridge.sqlite3"  # the app's SQLite file (sessions and outbox)
+    if not db.exists():
+        raise FileNotFoundError(db)
     with sqlite3.connect(db, timeout=30) as conn:
         conn.execute("ALTER TABLE launch_kv RENAME TO launch_kv_away")
     try:
@@ -152,14 +154,17 @@ def run_user(
 
 
 def pursue(stack: Stack, ledger: Ledger, rng: random.Random, patient: str, program: str) -> None:
-    """One intention, as a person pursues it through failures (bounded: 8 tries)."""
+    """One intention, as a person pursues it through failures (bounded: 8 tries, ~20 s)."""
     browser = Browser(stack, patient, timeout=20)
     handle = ""
     form: dict[str, str] | None = None
     second_tab: dict[str, str] | None = None
     submitted: list[str] = []
     ended = "never confirmed"
-    for _try in range(8):
+    for attempt in range(8):
+        if attempt:
+            # People wait longer after each failure: 0.5 s, 1 s, 2 s, then 4 s (about 20 s in all).
+            time.sleep(min(4.0, 0.5 * 2 ** (attempt - 1)))
         try:
             if not handle:
                 handle = browser.launch()
@@ -187,7 +192,6 @@ def pursue(stack: Stack, ledger: Ledger, rng: random.Random, patient: str, progr
             else:
                 form = None
                 ledger.note("reloaded the form and proposed again (a new identifier)")
-            time.sleep(0.5)
             continue
         ended = "confirmed"
         with ledger.lock:

@@ -7,7 +7,8 @@ the worklist, complete the draft, record an outcome. Every gunicorn worker's res
 Goal: 0 errors (any answer other than the one the page gives a user, any exception), every
 acknowledged referral in the EHR exactly once (its ServiceRequest and its Task, and no other
 ServiceRequest for that patient and program), and worker memory flat: < 5 % growth over the last
-two thirds of the run (the last 20 minutes of 30).
+two thirds of the run (the last 20 minutes of 30); no expired session kept (with its tokens) more
+than two purge periods past its expiry.
 
 Growth is the least-squares line through the window's samples: its rise over the window divided by
 its value at the window's start. A line uses every sample, so one garbage collection or one burst
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -143,6 +145,20 @@ def check_ehr(
     }
 
 
+def stored_launch_rows(stack: Stack) -> dict[str, int]:
+    """The session store's rows (launches with their tokens, sessions, states): how many, and how
+    many expired more than two purge periods (2 min) ago and are still kept."""
+    db = stack.workdir / "peerbridge.sqlite3"
+    if not db.exists():
+        return {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        total = conn.execute("SELECT count(*) FROM launch_kv").fetchone()[0]
+        stale = conn.execute(
+            "SELECT count(*) FROM launch_kv WHERE expires < ?", (time.time() - 120,)
+        ).fetchone()[0]
+    return {"rows": int(total), "expired_over_2_min_ago_and_kept": int(stale)}
+
+
 def user(crashes: Counter[str], *args: Any, **kwargs: Any) -> None:
     """run_user, with any exception it did not expect counted as an error."""
     try:
@@ -219,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             result["exceptions"] = dict(crashes)
             ehr = check_ehr(stack, recorder.submitted, before, timeout=120)
             result["ehr"] = ehr
+            result["session_store"] = stored_launch_rows(stack)
         finally:
             stack.stop()
         result["app_warnings"] = app_warnings(Path(tmp) / "app.log")
@@ -239,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         misses.append(f"{errors} errors")
     if ehr["referrals_not_in_ehr_exactly_once"] or ehr["service_requests_beyond_the_acknowledged"]:
         misses.append("referrals not in the EHR exactly once")
+    if result["session_store"].get("expired_over_2_min_ago_and_kept"):
+        misses.append("expired sessions (and their tokens) kept past the purge")
     if not memory["workers"] or memory["workers_replaced_in_window"]:
         misses.append("a worker was replaced (or none sampled) in the window")
     if not worst < GOAL_GROWTH_PERCENT:

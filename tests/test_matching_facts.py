@@ -386,6 +386,38 @@ def test_pruned_ranking_equals_scoring_every_program(code_map: CodeMap) -> None:
         ]
 
 
+def test_pruning_by_need_count_and_group_keeps_the_full_ranking(code_map: CodeMap) -> None:
+    """The index skips programs by how many of the patient's needs they serve and by which: for
+    patients with many needs, some only provisional, the top ten and the exclusion counts are
+    the same as when every program is scored and every exclusion listed."""
+    needs = [
+        "diabetes", "cancer", "cardiac", "dementia", "kidney-disease", "weight", "stroke",
+        "depression", "caregiver-stress", "cshcn", "congenital-heart",
+    ]  # fmt: skip
+    directory = Directory.build(synthetic(3000, needs))
+    codes = ["E11.9", "C50.911", "I25.10", "I63.9", "E66.9", "F32.9", "N18.4", "F03.90", "Q21.0"]
+    rng = random.Random(18)
+    for _ in range(12):
+        found = conditions(*rng.sample(codes, rng.randint(2, len(codes))))
+        found = [
+            CodedCondition(
+                c.id, c.text, c.codings, "active", rng.choice(["confirmed", "provisional"])
+            )
+            for c in found
+        ]
+        who = patient(rng.choice([4, 15, 40, 70]), rng.choice(["male", "female"]), "VT")
+        top = suggest_programs(who, found, directory, code_map, today=TODAY, limit=10)
+        every = suggest_programs(
+            who, found, directory, code_map, today=TODAY, limit=10**6, exclusion_limit=10**6
+        )
+        assert top.suggestions and len(every.suggestions) > 10
+        assert [(s.program.id, s.score, s.provisional) for s in top.suggestions] == [
+            (s.program.id, s.score, s.provisional) for s in every.suggestions[:10]
+        ]
+        assert top.excluded_count == every.excluded_count == len(every.exclusions)
+        assert top.excluded_by == every.excluded_by
+
+
 # -- safety vignettes: 0 unsafe -----------------------------------------------------------------
 
 VIGNETTES: list[tuple[str, int | None, str, str, str, tuple[str, ...], str]] = [

@@ -33,7 +33,9 @@ specialists) is how that help reaches adolescents, beside the family programs.
 
 from __future__ import annotations
 
+import functools
 import heapq
+import itertools
 import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -44,6 +46,7 @@ from fhir_mappings.domain import (
     INFANT_MAX_AGE,
     OLDER_ADULT_AGE,
     CodedCondition,
+    Coverage,
     Exclusion,
     PatientFacts,
     Preferences,
@@ -159,7 +162,9 @@ class Directory:
 
     Built once: besides the need index, each program's matching facts are grouped into facets
     (eligibility needs, parents-only, age band, sex, coverage, who is supported, languages,
-    modes) so a call works out each facet value once, not once per program.
+    modes) so a call works out each facet value once, not once per program. The programs of a
+    need and of a facet value are also kept as bit sets (one integer, bit i for program i), so a
+    call finds candidates, exclusions and counts by reason without a loop over the programs.
     """
 
     def __init__(self, programs: Iterable[Program]) -> None:
@@ -174,6 +179,12 @@ class Directory:
         self._by_need = {need: tuple(ps) for need, ps in by_need.items()}
         # Positions follow program ids, so sorting positions sorts by id.
         self._positions = {need: frozenset(found) for need, found in positions.items()}
+        # The same as bit sets (bit i: program i), so a call combines the need and hard-rule
+        # sets of ten thousand programs in a few big-integer operations.
+        self._position_bits = {need: _bits(found) for need, found in positions.items()}
+        # Each program's needs as bits of one integer: a need's bit is its place in this order.
+        self._need_bit = {need: 1 << n for n, need in enumerate(sorted(positions))}
+        self._need_masks = [sum(self._need_bit[need] for need in p.needs) for p in self._programs]
         self._words = {p.id: _words_of(p) for p in self._programs}
         self._facets = {name: _Facet(self._programs, key) for name, key in _FACET_KEYS.items()}
         self._costs = tuple(_cost(p) for p in self._programs)
@@ -228,7 +239,36 @@ class _Facet:
                 members.append(set())
             self.of.append(value_id)
             members[value_id].add(index)
-        self.members = tuple(frozenset(m) for m in members)
+        self.members = tuple(_bits(m) for m in members)  # value id -> bit set of programs
+
+
+# Reads a bit set's binary digits as bytes that are true where the digit is 1.
+_DIGITS = bytes.maketrans(b"01", b"\x00\x01")
+
+
+def _bits(positions: Iterable[int]) -> int:
+    """A bit set: bit i set for each position i."""
+    found = list(positions)
+    if not found:
+        return 0
+    data = bytearray(max(found) // 8 + 1)
+    for i in found:
+        data[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(data, "little")
+
+
+def _positions_of(bits: int) -> list[int]:
+    """The positions set in a bit set, ascending."""
+    digits = bin(bits)[:1:-1].encode().translate(_DIGITS)  # least significant first
+    return list(itertools.compress(range(len(digits)), digits))
+
+
+def _ascending(bits: int) -> Iterator[int]:
+    """The positions set in a bit set, lowest first, one at a time (for taking a few)."""
+    while bits:
+        low = bits & -bits
+        yield low.bit_length() - 1
+        bits ^= low
 
 
 def _words_of(program: Program) -> frozenset[str]:
@@ -304,12 +344,14 @@ def suggest_programs(
     fit = _Fit.of(conditions, need_conditions, weights, standalone)
     call = _Call(directory, patient, view, frozenset(need_conditions), code_map)
     programs = directory.programs
-    candidates: set[int] = set().union(*(directory._positions[n] for n in call.needs_in_directory))
+    candidates = 0
+    for need in call.needs_in_directory:
+        candidates |= directory._position_bits[need]
     excluded = candidates & call.failing
     shown = _most_relevant(excluded, call, weights, fit, exclusion_limit)
     exclusions = call.exclusions(shown)
     # Rank on scores alone; reasons are built only for the programs shown.
-    ranked = call.best(candidates - excluded, fit, limit)
+    ranked = call.best(candidates & ~excluded, fit, limit)
     suggestions = [_suggestion(programs[i], fit, call, i, -score) for score, i in ranked]
     # The provisional penalty orders the list; the score shown is the fit itself.
     suggestions = [
@@ -321,27 +363,27 @@ def suggest_programs(
         exclusions=tuple(exclusions),
         unmapped=tuple(unmapped),
         problems=tuple(problems),
-        excluded_total=len(excluded),
+        excluded_total=excluded.bit_count(),
         excluded_by=call.excluded_by(excluded),
     )
 
 
 def _most_relevant(
-    excluded: set[int], call: _Call, weights: dict[str, float], fit: _Fit, limit: int
+    excluded: int, call: _Call, weights: dict[str, float], fit: _Fit, limit: int
 ) -> set[int]:
-    """The `limit` excluded programs a person would most want to know about.
+    """The `limit` excluded programs (a bit set) a person would most want to know about.
 
     Those serving the patient's weightiest needs are gathered first (a few times `limit`, so
     ten thousand exclusions are not all scored), then ranked by the same score as suggestions.
     """
     if limit <= 0 or not excluded:
         return set()
-    if len(excluded) <= limit:
-        return set(excluded)
+    if excluded.bit_count() <= limit:
+        return set(_positions_of(excluded))
     gathered: set[int] = set()
     directory = call.directory
     for need in sorted(call.needs_in_directory, key=lambda n: (-weights.get(n, 0.0), n)):
-        for i in sorted(directory._positions[need] & excluded):
+        for i in _ascending(directory._position_bits[need] & excluded):
             gathered.add(i)
             if len(gathered) >= 4 * limit:
                 break
@@ -496,7 +538,11 @@ def _age_band(low: int | None, high: int | None) -> str:
 
 
 def _coverage_words(program: Program) -> str:
-    coverage = program.coverage
+    return _coverage_text(program.coverage)
+
+
+@functools.lru_cache(maxsize=4096)  # a directory's coverages are few and are judged every call
+def _coverage_text(coverage: Coverage) -> str:
     if coverage.kind == "national":
         return "Nationwide"
     if coverage.kind == "state":
@@ -585,7 +631,7 @@ class _Fit:
 class _Call:
     """One `suggest_programs` call: each facet value of the directory judged once for this patient.
 
-    Hard facets give the excluded programs as a set (the union of those with a failing value);
+    Hard facets give the excluded programs as a bit set (those with a failing value);
     scoring a program is then a few table look-ups plus its need score.
     """
 
@@ -600,6 +646,8 @@ class _Call:
         self.directory = directory
         self.patient_needs = patient_needs
         self.needs_in_directory = [n for n in patient_needs if n in directory._positions]
+        self.patient_mask = sum(directory._need_bit[n] for n in self.needs_in_directory)
+        self._need_points: dict[frozenset[str], tuple[float, bool, float]] = {}
         self.facets = facets = directory._facets
         examples = {name: facet.examples for name, facet in facets.items()}
         self.eligibility = [
@@ -609,20 +657,27 @@ class _Call:
         self.age = [_age_reason(p, view, patient_needs) for p in examples["age"]]
         self.sex = [_sex_reason(p, patient) for p in examples["sex"]]
         self.coverage = [_coverage_reason(p, patient) for p in examples["coverage"]]
-        failing: set[int] = set()
+        # Per hard rule, the bit set of the programs it excludes.
+        self.failing_by: dict[str, int] = {}
         for name, reasons in (
             ("parents", self.parents),
             ("age", self.age),
             ("sex", self.sex),
             ("coverage", self.coverage),
         ):
+            bits = 0
             for value, reason in enumerate(reasons):
                 if reason is not None and not reason.matched:
-                    failing |= facets[name].members[value]
+                    bits |= facets[name].members[value]
+            self.failing_by[name] = bits
+        bits = 0
         for value, found in enumerate(self.eligibility):
             if found:
-                failing |= facets["eligibility"].members[value]
-        self.failing = failing
+                bits |= facets["eligibility"].members[value]
+        self.failing_by["eligibility"] = bits
+        self.failing = 0
+        for bits in self.failing_by.values():
+            self.failing |= bits
 
         # Soft criteria, as (reason, points) per facet value; who is supported depends on the
         # program's supports and on who should be helped, of which there are few kinds.
@@ -630,8 +685,9 @@ class _Call:
         # Many facet values meet the patient's needs in the same few ways: work each out once.
         kind_of: dict[frozenset[str], int] = {}
         self.recipient_kind: list[int] = []
+        # A value is the program's needs among RECIPIENT_NEEDS, all that `_recipients` reads.
         for p in examples["recipients"]:
-            shared = p.needs & patient_needs
+            shared = p.needs & RECIPIENT_NEEDS & patient_needs
             kind = kind_of.get(shared)
             if kind is None:
                 kind = kind_of[shared] = kinds.setdefault(
@@ -669,49 +725,36 @@ class _Call:
 
     def exclusions(self, excluded: set[int]) -> list[Exclusion]:
         """The excluded programs by id, each with the hard rules it fails, in the order shown."""
-        failed: dict[int, tuple[Reason, ...]] = {}
-        seen: set[int] = set()
-        for name, found in (
-            ("eligibility", self.eligibility),
-            ("parents", [(r,) if r is not None and not r.matched else () for r in self.parents]),
-            ("age", [(r,) if r is not None and not r.matched else () for r in self.age]),
-            ("sex", [(r,) if r is not None and not r.matched else () for r in self.sex]),
-            ("coverage", [(r,) if r is not None and not r.matched else () for r in self.coverage]),
-        ):
-            members = self.facets[name].members
-            for value, reasons in enumerate(found):
-                if not reasons:
-                    continue
-                these = members[value] & excluded
-                again = these & seen
-                for i in again:
-                    failed[i] += reasons
-                # Most programs fail one rule: they share one tuple of reasons, set in bulk.
-                failed.update(dict.fromkeys(these - again, reasons))
-                seen |= these
-        order = sorted(excluded)
+        of = self.facets
         programs = self.directory.programs
-        return list(
-            map(Exclusion, map(programs.__getitem__, order), map(failed.__getitem__, order))
-        )
+        found = []
+        for i in sorted(excluded):
+            reasons = self.eligibility[of["eligibility"].of[i]]
+            for name, judged in (
+                ("parents", self.parents),
+                ("age", self.age),
+                ("sex", self.sex),
+                ("coverage", self.coverage),
+            ):
+                reason = judged[of[name].of[i]]
+                if reason is not None and not reason.matched:
+                    reasons += (reason,)
+            found.append(Exclusion(programs[i], reasons))
+        return found
 
-    def excluded_by(self, excluded: set[int]) -> tuple[tuple[str, int], ...]:
+    def excluded_by(self, excluded: int) -> tuple[tuple[str, int], ...]:
         """How many excluded programs each kind of hard rule excluded, most first."""
         counts: dict[str, int] = {}
-        for name, criterion, reasons in (
-            ("eligibility", "need", [bool(r) for r in self.eligibility]),
-            ("parents", "supports", [r is not None and not r.matched for r in self.parents]),
-            ("age", "age", [r is not None and not r.matched for r in self.age]),
-            ("sex", "sex", [r is not None and not r.matched for r in self.sex]),
-            ("coverage", "coverage", [r is not None and not r.matched for r in self.coverage]),
+        for name, criterion in (
+            ("eligibility", "need"),
+            ("parents", "supports"),
+            ("age", "age"),
+            ("sex", "sex"),
+            ("coverage", "coverage"),
         ):
-            members = self.facets[name].members
-            found: set[int] = set()
-            for value, failing in enumerate(reasons):
-                if failing:
-                    found |= members[value] & excluded
-            if found:
-                counts[criterion] = counts.get(criterion, 0) + len(found)
+            count = (self.failing_by[name] & excluded).bit_count()
+            if count:
+                counts[criterion] = counts.get(criterion, 0) + count
         return tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def soft(self, i: int) -> list[tuple[Reason | None, float]]:
@@ -726,6 +769,19 @@ class _Call:
             self.sex_unknown[of["sex"].of[i]],
         ]
 
+    @functools.cached_property
+    def _points(self) -> _Points:
+        """The soft points of each facet value, looked up by `scores` (worked out once)."""
+        # Points count whether or not a reason is shown: a covering local program's bonus
+        # comes with no soft reason, as the hard rule already says "Serves California".
+        return _Points(
+            language=[points for _, points in self.language],
+            mode=[points for _, points in self.mode],
+            coverage=[points for _, points in self.coverage_fit],
+            sex=[points for _, points in self.sex_unknown],
+            supports=[[points for _, points in row] for row in self.supports],
+        )
+
     def scores(self, positions: Iterable[int], fit: _Fit) -> Iterator[tuple[float, int]]:
         """(-score, position) of each program, its score rounded as `Suggestion.score` is.
 
@@ -734,19 +790,17 @@ class _Call:
         The additions keep one order, so a score is the same float whichever way it is reached.
         """
         of = self.facets
-        # Points count whether or not a reason is shown: a covering local program's bonus
-        # comes with no soft reason, as the hard rule already says "Serves California".
-        language_of, language = of["language"].of, [points for _, points in self.language]
-        mode_of, mode = of["mode"].of, [points for _, points in self.mode]
-        coverage_of = of["coverage"].of
-        coverage = [points for _, points in self.coverage_fit]
+        tables = self._points
+        language_of, language = of["language"].of, tables.language
+        mode_of, mode = of["mode"].of, tables.mode
+        coverage_of, coverage = of["coverage"].of, tables.coverage
         cost = self.directory._cost_points
-        sex_of, sex = of["sex"].of, [points for _, points in self.sex_unknown]
+        sex_of, sex = of["sex"].of, tables.sex
         supports_of, recipients_of = of["supports"].of, of["recipients"].of
-        supports = [[points for _, points in row] for row in self.supports]
+        supports = tables.supports
         kind = self.recipient_kind
         needs_of, patient_needs = self.directory._needs, self.patient_needs
-        by_matched: dict[frozenset[str], tuple[float, bool, float]] = {}
+        by_matched = self._need_points
         need_points = fit.need_points
         for i in positions:
             needs = needs_of[i]
@@ -767,48 +821,110 @@ class _Call:
             score += sex[sex_of[i]]
             yield -round(score, 3), i
 
-    def best(self, positions: set[int], fit: _Fit, limit: int) -> list[tuple[float, int]]:
-        """The `limit` best (-score, position), as `heapq.nsmallest(limit, scores(...))` gives,
-        scoring only the programs that could still make the list.
+    def best(self, positions: int, fit: _Fit, limit: int) -> list[tuple[float, int]]:
+        """The `limit` best (-score, position) of the programs in a bit set, as
+        `heapq.nsmallest(limit, scores(...))` gives, scoring only those that could make the list.
 
-        Programs are grouped by the patient needs they serve; a group's best possible score is
-        its need points plus full focus plus the best soft points any program gets, so groups
-        are scored best-first and the rest skipped once none of them could rank.
+        A program's best possible score is the points of the patient needs it serves, each
+        counted once, plus full focus plus the best soft points any program gets. Programs are
+        first counted by how many patient needs they serve (bit-sliced counters over the need
+        bit sets, no loop over programs), and a count's bound is its most valuable needs'
+        points; within a count they are grouped by the needs themselves. Counts and groups are
+        scored best-first, and the rest skipped once none of them could rank.
         """
         if limit <= 0 or not positions:
             return []
-        needs_of, patient_needs = self.directory._needs, self.patient_needs
-        groups: dict[frozenset[str], list[int]] = {}
-        for i in positions:
-            matched = needs_of[i] & patient_needs
+        tables = self._points
+        soft_best = (
+            max(max(row) for row in tables.supports)
+            + max(tables.language)
+            + max(tables.mode)
+            + max(tables.coverage)
+            + max(self.directory._cost_points)
+            + max(tables.sex)
+        )
+        # A need adds its weight at most once to `need_points`, and again if standalone.
+        directory = self.directory
+        need_bit = directory._need_bit
+        most: dict[int, float] = {}
+        provisional = 0
+        # planes[j]: programs whose count of patient needs served has bit j set.
+        planes: list[int] = []
+        for need in self.needs_in_directory:
+            weight = max(fit.weights[need], 0.0)
+            most[need_bit[need]] = weight * 2 if need in fit.standalone else weight
+            if need in fit.provisional:
+                provisional |= need_bit[need]
+            carry = directory._position_bits[need] & positions
+            for j, plane in enumerate(planes):
+                planes[j], carry = plane ^ carry, plane & carry
+                if not carry:
+                    break
+            if carry:
+                planes.append(carry)
+        ranked_most = sorted(most.values(), reverse=True)
+        kept: list[tuple[float, int]] = []
+        for count in range(min(len(ranked_most), (1 << len(planes)) - 1), 0, -1):
+            # Margin for the rounding to 3 decimals of the scores compared.
+            bound = sum(ranked_most[:count]) + W_FOCUS + soft_best + 0.001
+            if len(kept) >= limit and -bound > kept[limit - 1][0]:
+                break
+            these = positions
+            for j, plane in enumerate(planes):
+                these &= plane if count >> j & 1 else ~plane
+            if these:
+                kept = self._best_groups(these, fit, limit, kept, most, provisional, soft_best)
+        return kept
+
+    def _best_groups(
+        self,
+        positions: int,
+        fit: _Fit,
+        limit: int,
+        kept: list[tuple[float, int]],
+        most: dict[int, float],
+        provisional: int,
+        soft_best: float,
+    ) -> list[tuple[float, int]]:
+        """`kept` with the programs of a bit set merged in, grouped by the needs they serve."""
+        masks, patient_mask = self.directory._need_masks, self.patient_mask
+        groups: dict[int, list[int]] = {}
+        for i in _positions_of(positions):
+            matched = masks[i] & patient_mask
             found = groups.get(matched)
             if found is None:
                 groups[matched] = [i]
             else:
                 found.append(i)
-        soft_best = (
-            max(max(points for _, points in row) for row in self.supports)
-            + max(points for _, points in self.language)
-            + max(points for _, points in self.mode)
-            + max(points for _, points in self.coverage_fit)
-            + max(self.directory._cost_points)
-            + max(points for _, points in self.sex_unknown)
-        )
         bounds = []
         for matched, members in groups.items():
-            points, provisional, standalone = fit.need_points(matched)
-            bound = points + W_FOCUS + standalone + soft_best
-            if provisional:
+            bound = W_FOCUS + soft_best
+            rest = matched
+            while rest:
+                low = rest & -rest
+                bound += most[low]
+                rest ^= low
+            if provisional and not matched & ~provisional:
                 bound -= W_PROVISIONAL
-            bounds.append((-bound, sorted(matched), members))
-        bounds.sort(key=lambda b: (b[0], b[1]))
-        kept: list[tuple[float, int]] = []
+            bounds.append((-bound, matched, members))
+        bounds.sort()
         for negative_bound, _, members in bounds:
             # Margin for the rounding to 3 decimals of the scores compared.
             if len(kept) >= limit and negative_bound > kept[limit - 1][0] + 0.001:
                 break
             kept = heapq.nsmallest(limit, [*kept, *self.scores(members, fit)])
         return kept
+
+
+@dataclass(frozen=True)
+class _Points:
+    """Soft points per facet value (supports: per value, per kind of recipients)."""
+
+    language: list[float]
+    mode: list[float]
+    coverage: list[float]
+    sex: list[float]
+    supports: list[list[float]]
 
 
 def _suggestion(program: Program, fit: _Fit, call: _Call, i: int, score: float) -> Suggestion:
@@ -849,11 +965,16 @@ def _need_weight(need: str, directory: Directory, code_map: CodeMap) -> float:
     return W_DIAGNOSIS + W_RARITY / max(1, len(directory.with_need(need)))
 
 
+@functools.lru_cache(maxsize=256)
+def _support_words(offered: frozenset[str]) -> str:
+    return ", ".join(SUPPORT_WORDS.get(s, s) for s in sorted(offered)) or "not stated"
+
+
 def _supports_for(
     offered: frozenset[str], primary: frozenset[str], others: frozenset[str]
 ) -> tuple[Reason, float]:
     """Who the program helps against who needs help: a child's parents, an adult, a caregiver."""
-    words = ", ".join(SUPPORT_WORDS.get(s, s) for s in sorted(offered)) or "not stated"
+    words = _support_words(offered)
     if primary & offered:
         return Reason("supports", True, f"For {words}"), W_PRIMARY_SUPPORT
     if others & offered:

@@ -145,8 +145,9 @@ def bench_workers(launches: int) -> tuple[list[dict[str, Any]], float]:
                 page = open_patient(deployment.ehr, deployment.app, PATIENTS[n % len(PATIENTS)])
                 if page.status_code != 200 or "Suggested programs" not in page.text:
                     raise SystemExit(f"patient view failed: status {page.status_code}")
-            events = deployment.events()
-            ready_after = deployment.ready_after
+        # After gunicorn's graceful stop: a worker records a request once its response is sent.
+        events = deployment.events()
+        ready_after = deployment.ready_after
     workers: list[dict[str, Any]] = []
     for accepting in (e for e in events if e["event"] == "accepting"):
         pid = accepting["pid"]

@@ -27,7 +27,8 @@ def test_a_fresh_worker_holds_everything_a_patient_view_needs_and_imports_nothin
 ) -> None:
     with probed_deployment(tmp_path / "var", workers=1) as deployment:
         pages = [open_patient(deployment.ehr, deployment.app, p) for p in ("peds-cf", "peds-down")]
-        events = deployment.events()
+    # Read after gunicorn's graceful stop: a worker records a request once its response is sent.
+    events = deployment.events()
     assert all(p.status_code == 200 and "Suggested programs" in p.text for p in pages)
 
     accepting = [e for e in events if e["event"] == "accepting"]

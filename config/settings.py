@@ -106,6 +106,7 @@ class ReferralSettings:
     drain_interval_seconds: float = 2.0
     stuck_after_minutes: float = 5.0
     retention_days: float = 30.0
+    user_role: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "smart.refresh_scope": ("online_access", "offline_access", ""),
     "directory.source": ("file", "fhir"),
     "referrals.initial_status": ("draft", "active"),
+    "referrals.user_role": ("auto", "proposer", "completer"),
 }
 
 

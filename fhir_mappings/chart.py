@@ -53,6 +53,7 @@ class RelatedPersonFacts:
     id: str
     name: str
     relationship: str = ""  # in words: "mother", "natural daughter, Family caregiver"
+    codes: tuple[str, ...] = ()  # relationship codes (v3 RoleCode: MTH, FTH, GUARD, ...)
     phone: str = ""
     email: str = ""
     language: str = ""  # BCP-47 primary tag of the preferred language
@@ -88,6 +89,7 @@ def patient_facts(resource: Mapping[str, Any]) -> PatientFacts:
 def _patient_facts(resource: Mapping[str, Any], patient_id: str) -> PatientFacts:
     language, language_display = _preferred_language(resource.get("communication"))
     gender = resource.get("gender")
+    phone, email = _telecom(resource.get("telecom"))
     return PatientFacts(
         id=patient_id,
         name=_human_name(resource.get("name")),
@@ -98,7 +100,39 @@ def _patient_facts(resource: Mapping[str, Any], patient_id: str) -> PatientFacts
         address=_address(resource.get("address")),
         deceased=resource.get("deceasedBoolean") is True
         or isinstance(resource.get("deceasedDateTime"), str),
+        phone=phone,
+        email=email,
+        languages=_all_languages(resource.get("communication")),
     )
+
+
+def _telecom(value: Any) -> tuple[str, str]:
+    """The first usable phone and email; old or temporary numbers are not offered."""
+    usable = [t for t in _list(value) if t.get("use") != "old" and _str(t.get("value"))]
+
+    def first(system: str) -> str:
+        # A mobile number first: the programs text as often as they call.
+        found = [t for t in usable if t.get("system") == system]
+        found.sort(key=lambda t: t.get("use") != "mobile")
+        return str(found[0]["value"]) if found else ""
+
+    return first("phone"), first("email")
+
+
+def _all_languages(value: Any) -> tuple[str, ...]:
+    """Every communication language's primary tag, the preferred one first."""
+    entries = [c for c in _list(value) if isinstance(c.get("language"), Mapping)]
+    entries.sort(key=lambda c: c.get("preferred") is not True)
+    tags: list[str] = []
+    for entry in entries:
+        for coding in _list(entry["language"].get("coding")):
+            code = coding.get("code")
+            if isinstance(code, str) and code:
+                tag = code.split("-")[0].lower()
+                if tag not in tags:
+                    tags.append(tag)
+                break
+    return tuple(tags)
 
 
 def _preferred_language(value: Any) -> tuple[str, str]:
@@ -277,26 +311,21 @@ def related_person_facts(resource: Mapping[str, Any]) -> RelatedPersonFacts | No
     if resource.get("active") is False:
         return None
     words: list[str] = []
+    codes: list[str] = []
     for concept in _list(resource.get("relationship")):
+        codes.extend(str(c["code"]) for c in _list(concept.get("coding")) if _str(c.get("code")))
         word = concept.get("text") if _str(concept.get("text")) else ""
         codings = _list(concept.get("coding"))
         word = word or next((str(c["display"]) for c in codings if _str(c.get("display"))), "")
         if word and word not in words:
             words.append(word)
-    telecom = _list(resource.get("telecom"))
-    phone = next(
-        (str(t["value"]) for t in telecom if t.get("system") == "phone" and _str(t.get("value"))),
-        "",
-    )
-    email = next(
-        (str(t["value"]) for t in telecom if t.get("system") == "email" and _str(t.get("value"))),
-        "",
-    )
+    phone, email = _telecom(resource.get("telecom"))
     language, _ = _preferred_language(resource.get("communication"))
     return RelatedPersonFacts(
         id=str(rid),
         name=_human_name(resource.get("name")),
         relationship=", ".join(words),
+        codes=tuple(codes),
         phone=phone,
         email=email,
         language=language,

@@ -58,6 +58,9 @@ class PatientFacts:
     language_display: str = ""
     address: Address = Address()
     deceased: bool = False
+    phone: str = ""  # from telecom: what a program would call
+    email: str = ""
+    languages: tuple[str, ...] = ()  # every communication language (BCP-47 primary tags)
 
     def age_on(self, day: date) -> int | None:
         if self.birth_date is None:
@@ -241,6 +244,7 @@ class Referral:
     status: ReferralStatus
     authored_on: datetime
     requester: str = ""  # "Practitioner/123", from the id_token's fhirUser
+    requester_name: str = ""  # "Dr. Demo Cardio": Reference.display, so pages need no lookup
     followup_due: date | None = None
     priority: Literal["routine", "urgent", "asap", "stat"] = "routine"
     note: str = ""
@@ -251,4 +255,5 @@ class Referral:
     consent: Consent | None = None
     replaces: str = ""  # "ServiceRequest/55" when this is a new match
     encounter: str = ""  # "Encounter/7" when the launch gave an encounter
+    # Task inputs beyond the typed fields: "contact-name", "contact-phone", "contact-email".
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)

@@ -189,7 +189,7 @@ def service_request(
             "end": referral.followup_due.isoformat(),
         }
     if referral.requester:
-        resource["requester"] = {"reference": referral.requester}
+        resource["requester"] = _reference(referral.requester, referral.requester_name)
     if referral.encounter:
         resource["encounter"] = {"reference": referral.encounter}
     if referral.condition_ids:
@@ -292,6 +292,7 @@ class TaskState:
     note: str = ""
     recorded: datetime | None = None
     author: str = ""
+    author_name: str = ""
 
 
 def task_resource(
@@ -322,7 +323,7 @@ def task_resource(
         "owner": task_owner(referral, performer_ref),
     }
     if referral.requester:
-        resource["requester"] = {"reference": referral.requester}
+        resource["requester"] = _reference(referral.requester, referral.requester_name)
     if referral.followup_due:
         resource["restriction"] = {"period": {"end": referral.followup_due.isoformat()}}
     _set_state(resource, state)
@@ -344,9 +345,30 @@ def task_resource(
                 "valueReference": {"reference": referral.contact_person},
             }
         )
+    inputs.extend(_contact_inputs(referral.extra))
     if inputs:
         resource["input"] = inputs
     return resource
+
+
+# What the social worker confirmed with the family, kept as Task inputs so the program reads it
+# without looking the person up: name and relationship, phone, email.
+CONTACT_INPUTS = ("contact-name", "contact-phone", "contact-email")
+
+
+def _contact_inputs(values: dict[str, str]) -> list[Resource]:
+    return [
+        {
+            "type": {"coding": [{"system": TASK_INPUT_CS, "code": code}]},
+            "valueString": values[code],
+        }
+        for code in CONTACT_INPUTS
+        if values.get(code)
+    ]
+
+
+def _reference(reference: str, display: str = "") -> Resource:
+    return {"reference": reference, "display": display} if display else {"reference": reference}
 
 
 def _set_state(task: Resource, state: TaskState) -> None:
@@ -373,7 +395,7 @@ def _set_state(task: Resource, state: TaskState) -> None:
         if state.recorded is not None:
             note["time"] = instant(state.recorded)
         if state.author:
-            note["authorReference"] = {"reference": state.author}
+            note["authorReference"] = _reference(state.author, state.author_name)
         task.setdefault("note", []).append(note)
 
 
@@ -776,6 +798,7 @@ class HistoryEntry:
     when: datetime | None
     text: str
     author: str = ""
+    author_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -806,6 +829,12 @@ class ReferralView:
     sr_version: str = ""  # meta.versionId, what an update's ifMatch is checked against
     task_version: str = ""
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    requester_name: str = ""
+    proposed: HistoryEntry | None = None  # when and by whom, from the ServiceRequest itself
+    contact_name: str = ""  # "Lucia Demo-Garcia (mother)", as confirmed with the family
+    contact_phone: str = ""
+    contact_email: str = ""
+    program_id: str = ""  # the HealthcareService id when the performer names one
 
     def is_overdue(self, today: date) -> bool:
         return self.is_open and self.due is not None and self.due < today
@@ -849,6 +878,7 @@ def referral_view(
             if coding.get("system") == CONTACT_PREFERENCE_CS:
                 pref = str(coding.get("code", ""))
     language = contact_person = ""
+    contact: dict[str, str] = {}
     for item in task.get("input", []):
         codes = {c.get("code") for c in item.get("type", {}).get("coding", [])}
         if "language" in codes:
@@ -856,18 +886,30 @@ def referral_view(
             language = str(coding.get("code", ""))
         if "contact-person" in codes:
             contact_person = str(item.get("valueReference", {}).get("reference", ""))
+        for code in CONTACT_INPUTS:
+            if code in codes and isinstance(item.get("valueString"), str):
+                contact[code] = item["valueString"]
     notes = [str(n.get("text", "")) for n in sr.get("note", [])]
     consent = next((n for n in notes if n.startswith("Family consent")), "")
     if not consent and sr.get("supportingInfo"):
         consent = "Family consent recorded (" + str(sr["supportingInfo"][0].get("reference")) + ")"
+    requester = sr.get("requester", {})
+    proposed = HistoryEntry(
+        _parse_instant(str(sr.get("authoredOn", ""))),
+        "Proposed as a new match" if sr.get("replaces") else "Proposed",
+        str(requester.get("reference", "")),
+        str(requester.get("display", "")),
+    )
     history = tuple(
         HistoryEntry(
             _parse_instant(str(n.get("time", ""))),
             str(n.get("text", "")),
             str(n.get("authorReference", {}).get("reference", "")),
+            str(n.get("authorReference", {}).get("display", "")),
         )
         for n in task.get("note", [])
     )
+    performer = str((sr.get("performer") or [{}])[0].get("reference", ""))
     business = task.get("businessStatus", {})
     business_code = str((business.get("coding") or [{}])[0].get("code", ""))
     return ReferralView(
@@ -894,10 +936,26 @@ def referral_view(
             for r in sr.get("reasonReference", [])
         ),
         history=history,
-        performer=str((sr.get("performer") or [{}])[0].get("reference", "")),
         sr_version=version_of(sr),
         task_version=version_of(task),
+        performer=performer,
+        requester_name=str(requester.get("display", "")),
+        proposed=proposed,
+        contact_name=contact.get("contact-name", ""),
+        contact_phone=contact.get("contact-phone", ""),
+        contact_email=contact.get("contact-email", ""),
+        program_id=_program_id(sr),
     )
+
+
+def _program_id(sr: Resource) -> str:
+    """The directory id of the program: the HealthcareService's, or the performer identifier."""
+    first = (sr.get("performer") or [{}])[0]
+    reference = str(first.get("reference", ""))
+    if reference.startswith("HealthcareService/"):
+        return reference.removeprefix("HealthcareService/")
+    ident = first.get("identifier", {})
+    return str(ident.get("value", "")) if ident.get("system") == PEERBRIDGE_CS + "program" else ""
 
 
 def find_referral(
@@ -945,6 +1003,9 @@ class Completion:
     contact_person: str = ""  # "Patient/x" or "RelatedPerson/y"
     consent: Consent | None = None
     note: str = ""
+    contact_name: str = ""  # "Lucia Demo-Garcia (mother)"
+    contact_phone: str = ""
+    contact_email: str = ""
 
 
 # Outcome -> (Task.status, ServiceRequest.status, Task.statusReason). docs/referrals.md explains.
@@ -975,6 +1036,7 @@ def apply_completion(
     author: str,
     due: date,
     consent_in_bundle: bool = False,
+    author_name: str = "",
 ) -> tuple[Resource, Resource]:
     """The draft ServiceRequest and Task turned active/requested with the family's choices.
 
@@ -999,7 +1061,7 @@ def apply_completion(
         i
         for i in task.get("input", [])
         if not {c.get("code") for c in i.get("type", {}).get("coding", [])}
-        & {"language", "contact-person"}
+        & {"language", "contact-person", *CONTACT_INPUTS}
     ]
     if completion.language:
         inputs.append(
@@ -1018,13 +1080,22 @@ def apply_completion(
                 "valueReference": {"reference": completion.contact_person},
             }
         )
+    inputs.extend(
+        _contact_inputs(
+            {
+                "contact-name": completion.contact_name,
+                "contact-phone": completion.contact_phone,
+                "contact-email": completion.contact_email,
+            }
+        )
+    )
     if inputs:
         task["input"] = inputs
     words = f"Sent to the program; contact by {CONTACT_WORDS.get(pref, pref).lower()}"
     if completion.note:
         words += f". {completion.note}"
     if not _has_note(task, recorded):
-        _set_state(task, TaskState("requested", "", "", words, recorded, author))
+        _set_state(task, TaskState("requested", "", "", words, recorded, author, author_name))
     return sr, task
 
 
@@ -1037,6 +1108,7 @@ def apply_outcome(
     author: str,
     note: str = "",
     next_due: date | None = None,
+    author_name: str = "",
 ) -> tuple[Resource, Resource]:
     """Record a follow-up outcome on the ServiceRequest and Task (state table: OUTCOME_STATES)."""
     task_status, sr_status, reason = OUTCOME_STATES[outcome]
@@ -1049,7 +1121,9 @@ def apply_outcome(
         period["end"] = next_due.isoformat()
         words += f" (next follow-up {next_due.isoformat()})"
     if not _has_note(task, recorded):
-        _set_state(task, TaskState(task_status, outcome, reason, words, recorded, author))
+        _set_state(
+            task, TaskState(task_status, outcome, reason, words, recorded, author, author_name)
+        )
     return sr, task
 
 
@@ -1067,6 +1141,7 @@ def referral_for_new_match(
     followup_due: date,
     old_sr: Resource,
     encounter: str = "",
+    requester_name: str = "",
 ) -> Referral:
     """The replacing referral: same patient, reasons and family choices, a new program."""
     consent_notes = [
@@ -1083,11 +1158,17 @@ def referral_for_new_match(
         status="active",
         authored_on=authored_on,
         requester=requester,
+        requester_name=requester_name if requester else "",
         followup_due=followup_due,
         note="; ".join([*consent_notes, f"Replaces the referral to {old.program_name}"]),
         contact_preference=pref,
         language=old.language,
         contact_person=old.contact_person,
+        extra={
+            "contact-name": old.contact_name,
+            "contact-phone": old.contact_phone,
+            "contact-email": old.contact_email,
+        },
         replaces=f"ServiceRequest/{old.service_request_id}",
         encounter=encounter,
     )

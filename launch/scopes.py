@@ -22,6 +22,16 @@ RESOURCE_NEEDS: tuple[tuple[str, str], ...] = (
     ("HealthcareService", "rs"),
     ("Organization", "rs"),
 )
+# user/ scopes, granted or not: with them the social worker's worklist spans every patient of the
+# organization, and pages name who proposed and who recorded each step. Without them PeerBridge
+# works per patient, so they are not listed as missing.
+USER_NEEDS: tuple[tuple[str, str], ...] = (
+    ("ServiceRequest", "rs"),
+    ("Task", "rs"),
+    ("Patient", "r"),
+    ("Practitioner", "r"),
+    ("PractitionerRole", "rs"),
+)
 IDENTITY_SCOPES = ("openid", "fhirUser")
 EHR_LAUNCH_SCOPE = "launch"
 STANDALONE_LAUNCH_SCOPE = "launch/patient"
@@ -48,6 +58,8 @@ def requested_scopes(*, ehr_launch: bool, v2: bool, refresh_scope: str) -> str:
     scopes.extend(IDENTITY_SCOPES)
     for resource_type, perms in RESOURCE_NEEDS:
         scopes.append(f"patient/{resource_type}.{perms if v2 else _v1(perms)}")
+    for resource_type, perms in USER_NEEDS:
+        scopes.append(f"user/{resource_type}.{perms if v2 else _v1(perms)}")
     if refresh_scope:
         scopes.append(refresh_scope)
     return " ".join(scopes)

@@ -6,6 +6,7 @@ the dev EHR is in tests/test_patient_view_launch.py.
 
 from __future__ import annotations
 
+import html as html_text
 import re
 from datetime import date
 from pathlib import Path
@@ -172,26 +173,9 @@ def render_patient_page(
     ctx = ctx or _context()
     with app.test_request_context(f"/l/{ctx.handle}/patient{query}"):
         g.launch_context = ctx
-        filters = patient_view.Filters.from_args(dict(re.findall(r"(\w+)=([\w-]+)", query)))
+        args = dict(re.findall(r"(\w+)=([\w-]*)", query))
         return render_template(
-            "patient.html",
-            ctx=ctx,
-            patient=PATIENT,
-            banner=patient_view._patient_banner(PATIENT, TODAY)
-            if ctx.need_patient_banner
-            else None,
-            result=result,
-            filters=filters,
-            shown_count=sum(filters.shows(s.program, PATIENT) for s in result.suggestions),
-            languages=["en", "es"],
-            modes=patient_view.MODES,
-            supported=patient_view.SUPPORTED,
-            coverage_choices=patient_view.COVERAGE_CHOICES,
-            headline=patient_view.headline,
-            coverage_word=patient_view.coverage_word,
-            can_refer=ctx.can_write("ServiceRequest"),
-            limitations=ctx.limitations,
-            **patient_view.WORDS,
+            "patient.html", **patient_view.page_context(ctx, PATIENT, result, args, TODAY)
         )
 
 
@@ -205,9 +189,17 @@ def card(html: str, program_id: str) -> str:
     return match.group(0)
 
 
-def test_each_suggestion_states_its_reasons_in_one_plain_line(app: Flask) -> None:
-    html = render_patient_page(app)
-    assert "Type 2 diabetes (E11.9) - Spanish - by phone" in card(html, "dm-peer-phone")
+def test_each_suggestion_says_why_in_one_plain_sentence_with_codes_behind_a_toggle(
+    app: Flask,
+) -> None:
+    html = card(render_patient_page(app), "dm-peer-phone")
+    why = re.search(r'<p class="why">(.*?)</p>', html, re.S)
+    assert why is not None
+    sentence = html_text.unescape(re.sub(r"<[^>]+>", "", why.group(1)))
+    assert sentence == "Why: Matches Rosa's diabetes t2; in Spanish"
+    assert "E11.9" not in sentence  # the code is behind the details toggle
+    details = html[html.index('<details class="codes">') : html.index("</details>")]
+    assert "Type 2 diabetes (E11.9)" in details
 
 
 def test_suggestions_keep_the_engines_ranking(app: Flask) -> None:
@@ -323,14 +315,7 @@ def test_the_page_loads_script_only_from_static_never_inline(app: Flask) -> None
 def test_handout_uses_the_spanish_description_when_the_directory_has_one(app: Flask) -> None:
     with app.test_request_context("/l/h123/handout"):
         g.launch_context = _context()
-        html = render_template(
-            "handout.html",
-            programs=[PHONE_ES, GROUP_TX],
-            text=patient_view.ui_text.HANDOUT_TEXT,
-            cost_words=patient_view.ui_text.COST_WORDS,
-            mode_words=patient_view.ui_text.MODE_WORDS,
-            language_words=patient_view.ui_text.LANGUAGE_WORDS,
-        )
+        html = patient_view.handout_page([PHONE_ES, GROUP_TX], "en", TODAY)
     spanish = html[html.index('<section lang="es"') :]
     assert "Compañeros capacitados con diabetes le llaman cada semana." in spanish
     assert "Programas de apoyo para su familia" in spanish
@@ -338,6 +323,21 @@ def test_handout_uses_the_spanish_description_when_the_directory_has_one(app: Fl
     assert '<p lang="en">Monthly in-person groups' in spanish
     assert "Descripción disponible solo en inglés." in spanish
     assert "por teléfono" in spanish and "Gratis" in spanish
+
+
+def test_the_handout_puts_the_familys_language_first_with_dates_in_words(app: Flask) -> None:
+    with app.test_request_context("/l/h123/handout"):
+        g.launch_context = _context()
+        spanish_first = patient_view.handout_page([PHONE_ES], "es", TODAY)
+        english_first = patient_view.handout_page([PHONE_ES], "vi", TODAY)
+    assert spanish_first.index('<section lang="es"') < spanish_first.index('<section lang="en"')
+    assert '<html lang="es">' in spanish_first
+    assert english_first.index('<section lang="en"') < english_first.index('<section lang="es"')
+    assert "25 de noviembre de 2026" in spanish_first and "November 25, 2026" in spanish_first
+    assert "2026-11-25" not in spanish_first
+    # What happens next, and who calls, in both languages.
+    assert "What happens next" in spanish_first and "Qué sigue" in spanish_first
+    assert "someone from the program will call you" in spanish_first
 
 
 def test_smart_style_values_become_css_variables() -> None:

@@ -63,7 +63,9 @@ def test_after_the_callback_the_patient_view_shows_ranked_suggestions_with_reaso
     cards = re.findall(r'<li class="card suggestion"', html)
     assert cards
     why = re.search(r'<p class="why"><span class="visually-hidden">Why: </span>([^<]+)</p>', html)
-    assert why and "(E11.9)" in why.group(1)
+    # One plain sentence with the patient's first name; the ICD-10 code sits behind a toggle.
+    assert why and "Matches Rosa&#39;s diabetes" in why.group(1) and "E11.9" not in why.group(1)
+    assert re.search(r'<details class="codes">.*?\(E11\.9\).*?</details>', html, re.S)
     assert "/referrals/new?program=" in html
 
 

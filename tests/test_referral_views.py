@@ -96,9 +96,10 @@ def propose_via_form(
     app: Flask, web: FlaskClient, handle: str, patient: str = PATIENT
 ) -> tuple[str, dict[str, str]]:
     program = a_program(app)
+    # again=1: earlier tests referred this patient to the same program already (asked first).
     condition = f"{patient}-c1"  # a reason must be a Condition of the launch's own chart
     page = web.get(
-        f"/l/{handle}/referrals/new?program={program.id}&condition={condition}"
+        f"/l/{handle}/referrals/new?program={program.id}&condition={condition}&again=1"
     ).get_data(as_text=True)
     form = {
         "csrf_token": csrf_of(page),
@@ -107,6 +108,7 @@ def propose_via_form(
         "conditions": condition,
         "priority": "routine",
         "note": "Parents asked for other families",
+        "again": "1",
     }
     return page, form
 
@@ -136,7 +138,14 @@ def test_a_double_submitted_proposal_makes_one_referral_and_shows_its_ehr_id(
     assert first.headers["Location"] == second.headers["Location"]
     assert count_in_ehr(sandbox, form["identifier"]) == 1
     page = web.get(first.headers["Location"]).get_data(as_text=True)
-    assert "In the EHR" in page and re.search(r"ServiceRequest/[\w-]+", page)
+    assert "In the EHR" in page and re.search(r'class="sr-id">[\w-]+<', page)
+    # The EHR's id is there for IT, behind a details toggle; people read no FHIR reference.
+    assert "ServiceRequest/" not in for_people(page)
+
+
+def for_people(page: str) -> str:
+    """The page without its "for IT" details, i.e. what a clinician reads."""
+    return re.sub(r'<details class="for-it">.*?</details>', "", page, flags=re.S)
 
 
 def test_a_proposal_without_csrf_token_is_refused(app: Flask, sandbox: Sandbox) -> None:
@@ -187,7 +196,7 @@ def test_a_pending_referral_page_refreshes_itself_without_inline_script(
     page = web.get(location).get_data(as_text=True)
     assert "Pending: sending to the EHR" in page
     assert '<meta http-equiv="refresh"' in page
-    assert "<script" not in page
+    assert all("src=" in tag for tag in re.findall(r"<script[^>]*>", page))  # none inline
 
 
 def test_the_social_worker_completes_a_draft_and_records_a_new_match(
@@ -214,25 +223,34 @@ def test_the_social_worker_completes_a_draft_and_records_a_new_match(
     )
     assert missing_consent.status_code == 400
     assert "Record the family" in missing_consent.get_data(as_text=True)
-    done = social.post(
-        f"/l/{sw}/referrals/{identifier}/complete",
-        data={
-            "csrf_token": csrf_of(page),
-            "action_id": hidden(page, "action_id"),
-            "sr_version": hidden(page, "sr_version"),
-            "task_version": hidden(page, "task_version"),
-            "consent_given": "y",
-            "consent_by": "Maria Lopez, mother",
-            "consent_on": "2026-03-02",
-            "contact_preference": "text",
-            "language": "es",
-            "contact_person": "RelatedPerson/peds-chd-hlhs-mother",
-            "note": "Evenings",
-        },
-    )
+    answers = {
+        "csrf_token": csrf_of(page),
+        "action_id": hidden(page, "action_id"),
+        "sr_version": hidden(page, "sr_version"),
+        "task_version": hidden(page, "task_version"),
+        "consent_given": "y",
+        "consent_by": "Maria Lopez, mother",
+        "consent_on": "2026-03-02",
+        "contact_preference": "text",
+        "language": "es",
+        "contact_person": "RelatedPerson/peds-chd-hlhs-mother",
+        "contact_phone": "555-0199",
+        "note": "Evenings",
+    }
+    review = social.post(f"/l/{sw}/referrals/{identifier}/complete", data=answers)
+    assert review.status_code == 200 and count_in_ehr(sandbox, identifier) == 1
+    assert "Check before sending" in review.get_data(as_text=True)
+    # The review step carries the page's write key and versions on as hidden inputs.
+    review_page = review.get_data(as_text=True)
+    for name in ("action_id", "sr_version", "task_version"):
+        assert hidden(review_page, name) == answers[name]
+    done = social.post(f"/l/{sw}/referrals/{identifier}/complete", data={**answers, "step": "send"})
     assert done.status_code == 303
     page = social.get(f"/l/{sw}/referrals/{identifier}").get_data(as_text=True)
     assert "Sent to the program" in page and "Text message" in page
+    assert "Lucia Demo Garcia-Demo (mother), 555-0199" in page and "Spanish" in page
+    assert "Record outcome" not in page  # the follow-up form is for later, not right after sending
+    page = social.get(f"/l/{sw}/referrals/{identifier}?record=outcome").get_data(as_text=True)
 
     other = sorted((p for p in _programs(app) if p.id != form["program"]), key=lambda p: p.id)[0]
     outcome = social.post(
@@ -267,7 +285,7 @@ def test_the_worklist_lists_drafts_for_the_patient_in_context(app: Flask, sandbo
     web.post(f"/l/{handle}/referrals", data=form)
     page = web.get(f"/l/{handle}/worklist").get_data(as_text=True)
     assert "Drafts to complete" in page
-    assert f"/referrals/{form['identifier']}/complete" in page
+    assert f'/referrals/{form["identifier"]}"' in page
 
 
 def test_a_referral_waiting_for_a_relaunch_says_so_and_can_be_downloaded(
@@ -309,7 +327,9 @@ def test_a_user_level_worklist_spans_every_patient_with_peerbridge_referrals(
     sw = launch(app, sandbox, social, scope=scope, user=SOCIAL_WORKER, patient="")
     page = social.get(f"/l/{sw}/worklist").get_data(as_text=True)
     assert all(f"/referrals/{i}" in page for i in identifiers)
-    assert '<th scope="col">Patient</th>' in page
+    # Each row names its patient (not an id), and keeps its labels when the table stacks.
+    assert 'data-label="Patient">Jordan Demo-Smith<' in page or 'data-label="Patient">' in page
+    assert "peds-autism" not in for_people(page) and "adult-dementia" not in for_people(page)
 
 
 def test_a_patient_worklist_without_user_scope_shows_only_that_patient(

@@ -34,7 +34,8 @@ OUTCOME_CHOICES = [
     ("completed", "Completed"),
 ]
 PRIORITY_CHOICES = [("routine", "Routine"), ("urgent", "Urgent")]
-LANGUAGE_TAG = regexp(r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})*$", message="Use a language tag, e.g. es")
+PHONE = regexp(r"^[0-9+().\- ]{7,25}$", message="Enter a phone number, e.g. 555-0150")
+EMAIL = regexp(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", message="Enter an email address")
 
 
 class MultiCheckboxField(SelectMultipleField):  # type: ignore[misc]
@@ -51,6 +52,8 @@ class ProposeForm(FlaskForm):  # type: ignore[misc]
     patient_instruction = TextAreaField(
         "What the family was told", validators=[Optional(), Length(max=1000)]
     )
+    # Set when the clinician saw this patient's earlier referrals to the program and went on.
+    again = HiddenField()
 
 
 class SeenVersions:
@@ -75,15 +78,29 @@ class CompleteForm(SeenVersions, FlaskForm):  # type: ignore[misc]
     contact_preference = RadioField(
         "How the program should reach out", choices=CONTACT_CHOICES, validators=[DataRequired()]
     )
-    language = StringField(
-        "Language for the contact", validators=[Optional(), Length(max=35), LANGUAGE_TAG]
+    # Choices are the family's languages (from the chart) first, then common ones, in words.
+    language = SelectField("Language the program should use", choices=[], validate_choice=True)
+    contact_person = RadioField("Who the program contacts", choices=[], validators=[DataRequired()])
+    contact_phone = StringField(
+        "Phone number to use", validators=[Optional(), Length(max=25), PHONE]
     )
-    contact_person = RadioField("Who is contacted", choices=[], validators=[DataRequired()])
+    contact_email = StringField("Email to use", validators=[Optional(), Length(max=200), EMAIL])
     note = TextAreaField("Notes for the program", validators=[Optional(), Length(max=2000)])
+    # "review" shows what will be sent; "send" sends it; "edit" goes back to the form.
+    step = HiddenField(default="review")
 
     def validate(self, extra_validators: Any = None) -> bool:
         # Across fields, so not an inline validator (Optional() would skip it on empty input).
         valid = bool(super().validate(extra_validators))
+        if (
+            self.contact_preference.data in ("phone", "text")
+            and not (self.contact_phone.data or "").strip()
+        ):
+            self.contact_phone.errors = [*self.contact_phone.errors, "Enter the number to use."]
+            valid = False
+        if self.contact_preference.data == "email" and not (self.contact_email.data or "").strip():
+            self.contact_email.errors = [*self.contact_email.errors, "Enter the email to use."]
+            valid = False
         if self.contact_preference.data in (None, "none"):
             return valid
         if not self.consent_given.data:

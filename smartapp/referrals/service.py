@@ -61,6 +61,7 @@ from smartapp.referrals.outbox import (
 )
 
 State = Literal["pending", "confirmed", "failed", "waiting-auth", "unknown"]
+SERVICE = "peerbridge.referrals"  # the app.extensions key of the ReferralService
 
 
 class ReferralError(Exception):
@@ -91,6 +92,7 @@ class Actor:
     writable: frozenset[str] = frozenset()  # resource types the token may create and update
     encounter_id: str = ""  # the launch's encounter, when the EHR gave one
     all_patients: bool = False
+    name: str = ""  # "Dr. Demo Cardio": written as Reference.display beside fhir_user
 
     @property
     def encounter(self) -> str:
@@ -146,6 +148,17 @@ class WorkItem:
     patient_name: str = ""
     due: date | None = None
     overdue: bool = False
+    proposer: str = ""  # the requester's name (or "" when the EHR does not say)
+    proposed_on: date | None = None
+
+    @property
+    def program(self) -> str:
+        return self.tracking.program_name
+
+    @property
+    def status(self) -> str:
+        view = self.tracking.view
+        return status_words(view) if view is not None else "Not yet in the EHR"
 
 
 @dataclass(frozen=True)
@@ -238,6 +251,7 @@ class ReferralService:
                 status="active" if self.settings.initial_status == "active" else "draft",
                 authored_on=now,
                 requester=actor.requester,
+                requester_name=actor.name if actor.requester else "",
                 followup_due=self._due(now),
                 priority=priority,
                 encounter=actor.encounter,
@@ -360,6 +374,7 @@ class ReferralService:
                 author=actor.fhir_user,
                 due=self._due(now),
                 consent_in_bundle=consent is not None,
+                author_name=actor.name,
             )
             bundle = update_transaction(
                 new_sr,
@@ -447,6 +462,7 @@ class ReferralService:
                 author=actor.fhir_user,
                 note=note,
                 next_due=next_due,
+                author_name=actor.name,
             )
             if outcome == "new-match":
                 if new_program is None:
@@ -461,6 +477,7 @@ class ReferralService:
                     followup_due=self._due(now),
                     old_sr=sr,
                     encounter=actor.encounter,
+                    requester_name=actor.name,
                 )
                 bundle = referral_transaction(
                     replacement,
@@ -563,9 +580,33 @@ class ReferralService:
         rows = self.outbox.for_identifier(identifier)
         return [e for e in rows if actor is None or actor.owns(e.iss, e.patient_id)]
 
-    def worklist(self, client: FhirClient, actor: Actor, *, all_patients: bool = False) -> Worklist:
+    def patient_referrals(
+        self, client: FhirClient, actor: Actor
+    ) -> tuple[list[ReferralView], list[OutboxEntry]]:
+        """This patient's referrals in the EHR, and local ones the EHR has not confirmed yet."""
+        pairs = search_referrals(client, self.system, patient_id=actor.patient_id)
+        views = [referral_view(sr, task, self.system) for sr, task in pairs]
+        known = {v.identifier for v in views}
+        local = [
+            e
+            for e in self.outbox.unconfirmed(iss=actor.iss, patient_id=actor.patient_id)
+            if e.action in ("create", "new-match") and e.identifier not in known
+        ]
+        return views, local
+
+    def worklist(
+        self,
+        client: FhirClient,
+        actor: Actor,
+        *,
+        all_patients: bool = False,
+        members: frozenset[str] | None = None,
+        names: dict[str, str] | None = None,
+    ) -> Worklist:
         """Drafts to complete and follow-ups due, read from the EHR (the source of truth), plus
-        local rows the EHR has not confirmed yet."""
+        local rows the EHR has not confirmed yet. With `members` (the practitioners of the user's
+        organization) only referrals one of them requested are listed; `names` maps
+        `Practitioner/x` to names for requesters the EHR wrote without a display."""
         today = self.clock().date()
         problems: list[str] = []
         patient = "" if all_patients else actor.patient_id
@@ -577,16 +618,21 @@ class ReferralService:
         views = [referral_view(sr, task, self.system) for sr, task in pairs]
         # The EHR answers for its own data; a view of a patient outside the grant is dropped.
         views = [v for v in views if actor.owns(actor.iss, v.patient_id)]
-        names = patient_names(client, [v.patient_id for v in views]) if all_patients else {}
+        if members is not None:
+            views = [v for v in views if not v.requester or v.requester in members]
+        names = names or {}
+        patients = patient_names(client, [v.patient_id for v in views])
         seen = {v.identifier for v in views}
         drafts, due, upcoming, closed = [], [], [], []
         for view in sorted(views, key=lambda v: (v.due or date.max, v.identifier)):
             entries = tuple(self._rows(view.identifier, actor))
             item = WorkItem(
                 Tracking(view.identifier, _state_of(entries, view), view, entries),
-                names.get(view.patient_id, ""),
+                patients.get(view.patient_id, ""),
                 view.due,
                 view.is_overdue(today),
+                view.requester_name or names.get(view.requester, ""),
+                view.authored_on.date() if view.authored_on else None,
             )
             if view.status == "draft":
                 drafts.append(item)
@@ -605,11 +651,32 @@ class ReferralService:
             seen.add(entry.identifier)
             entries = tuple(self._rows(entry.identifier, actor))
             pending.append(
-                WorkItem(Tracking(entry.identifier, _state_of(entries, None), None, entries))
+                WorkItem(
+                    Tracking(entry.identifier, _state_of(entries, None), None, entries),
+                    patients.get(entry.patient_id, ""),
+                    proposed_on=datetime.fromtimestamp(entry.created_at, UTC).date(),
+                )
             )
         return Worklist(
             tuple(drafts), tuple(due), tuple(upcoming), tuple(pending), tuple(closed), problems
         )
+
+
+def status_words(view: ReferralView) -> str:
+    """Where a referral stands, in the words the pages use."""
+    if view.status == "draft":
+        return "Draft: a social worker completes it"
+    if view.status == "active" and view.task_status == "requested":
+        return "Sent to the program"
+    if view.status == "active" and view.business_status:
+        return view.business_status_text or view.business_status
+    if view.status == "active":
+        return "Active"
+    if view.status == "revoked":
+        return "Stopped" + (f" ({view.business_status_text})" if view.business_status else "")
+    if view.status == "completed":
+        return "Completed"
+    return view.status
 
 
 def _state_of(entries: tuple[OutboxEntry, ...], view: ReferralView | None) -> State:

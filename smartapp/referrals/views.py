@@ -27,24 +27,33 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from config import Settings
 from fhir_mappings.chart import Chart, ChartError, read_chart
-from fhir_mappings.domain import Consent, Program
+from fhir_mappings.domain import CodedCondition, Consent, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
-from fhir_mappings.referral import CONTACT_WORDS, OUTCOME_WORDS, Completion
+from fhir_mappings.people import (
+    ContactPerson,
+    contact_people,
+    family_languages,
+    practitioner_names,
+)
+from fhir_mappings.referral import CONTACT_WORDS, OUTCOME_WORDS, Completion, ReferralView
+from smartapp import ui_text
 from smartapp.directory.store import current_programs
 from smartapp.ops.storage_errors import StorageFailure, is_storage_error
 from smartapp.referrals.forms import CompleteForm, OutcomeForm, ProposeForm
 from smartapp.referrals.outbox import RetryWorker
 from smartapp.referrals.sending import drain_pass, outbox_from_settings
 from smartapp.referrals.service import (
+    SERVICE,
     Actor,
     ReferralConflict,
     ReferralError,
     ReferralService,
     Tracking,
+    status_words,
 )
 from smartapp.session.current import current_launch, fhir_client, launch_routes, launch_store
+from smartapp.session.user import current_user
 
-SERVICE = "peerbridge.referrals"
 WORKER = "peerbridge.outbox_worker"
 WRITTEN_TYPES = ("ServiceRequest", "Task", "Provenance", "Consent", "Device")
 
@@ -108,6 +117,7 @@ def current_actor() -> Actor:
         writable=frozenset(t for t in WRITTEN_TYPES if launch.can_write(t)),
         encounter_id=launch.encounter_id,
         all_patients=user_level(launch.scopes),
+        name=current_user().name,
     )
 
 
@@ -152,12 +162,43 @@ def _chart(client: FhirClient, patient_id: str) -> Chart | None:
         return None  # the form still works; it just cannot offer the chart's choices
 
 
-def _related_choices(chart: Chart | None, patient_id: str) -> list[tuple[str, str]]:
-    choices = [(f"Patient/{patient_id}", "The patient")]
-    for person in chart.related_persons if chart else ():
-        label = person.name + (f" ({person.relationship})" if person.relationship else "")
-        choices.append((person.reference, label))
-    return choices
+def _people(chart: Chart | None, patient_id: str) -> list[ContactPerson]:
+    """Who can be contacted, the default first (a parent or guardian for a minor)."""
+    if chart is None:
+        return [ContactPerson(f"Patient/{patient_id}", "", "the patient")]
+    return contact_people(chart, datetime.now(UTC).date())
+
+
+def _person_choice(person: ContactPerson) -> tuple[str, str]:
+    reach = " · ".join(x for x in (person.phone, person.email) if x) or "no phone or email on file"
+    return person.reference, f"{person.label} — {reach}"
+
+
+def _language_choices(chart: Chart | None, first: str = "") -> list[tuple[str, str]]:
+    """The family's languages first (from the chart's communication), then common ones, in
+    words; the value is the BCP-47 tag the Task carries."""
+    tags = [t for t in [first, *(family_languages(chart) if chart else [])] if t]
+    tags += [t for t in ui_text.COMMON_LANGUAGES if t not in tags]
+    return [(t, ui_text.language_in_words(t)) for t in dict.fromkeys(tags)]
+
+
+def people_words(view: ReferralView, people: list[ContactPerson]) -> str:
+    """'Lucia Demo-Garcia (mother), 555-0150': who the program contacts, never a reference."""
+    if view.contact_name:
+        name = view.contact_name
+    else:
+        person = next((p for p in people if p.reference == view.contact_person), None)
+        name = (
+            person.label
+            if person
+            else (
+                "The patient"
+                if "Patient/" in view.contact_person
+                else "The family member recorded in the EHR"
+            )
+        )
+    reach = ", ".join(x for x in (view.contact_phone, view.contact_email) if x)
+    return f"{name}, {reach}" if reach else name
 
 
 def _message(title: str, message: str, status: int) -> Response:
@@ -202,13 +243,54 @@ def new() -> Response | str:
     chart = _chart(fhir_client(), launch.patient_id)
     conditions = chart.conditions if chart else ()
     wanted = request.args.getlist("condition")
+    earlier = _earlier_referrals(program)
+    again = request.args.get("again") == "1"
+    if earlier and not again:
+        # A second referral to the same program is a decision, not a click: ask first.
+        return render_template(
+            "referral_again.html", program=program, earlier=earlier, conditions=wanted
+        )
     form = ProposeForm(
         identifier=referral_service().mint_identifier(launch.handle),
         program=program.id,
         conditions=wanted,
+        again="1" if earlier else "",
     )
-    form.conditions.choices = [(c.id, c.label) for c in conditions]
-    return render_template("referral_new.html", form=form, program=program)
+    form.conditions.choices = [(c.id, _condition_label(c)) for c in conditions]
+    return render_template("referral_new.html", form=form, program=program, earlier=earlier)
+
+
+def _condition_label(condition: CodedCondition) -> str:
+    provisional = condition.verification_status in ("provisional", "differential", "unconfirmed")
+    label: str = condition.label
+    return label + (" — provisional diagnosis" if provisional else "")
+
+
+def _earlier_referrals(program: Program) -> list[dict[str, str]]:
+    """This patient's referrals to this program, in words (status, date, who proposed)."""
+    launch = current_launch()
+    if not launch.patient_id or not launch.can_read("ServiceRequest"):
+        return []
+    try:
+        views, local = referral_service().patient_referrals(fhir_client(), current_actor())
+    except FhirError:
+        return []
+    rows = [
+        {
+            "identifier": v.identifier,
+            "status": status_words(v),
+            "when": ui_text.short_date(v.authored_on.date()) if v.authored_on else "",
+            "who": v.requester_name,
+        }
+        for v in views
+        if v.program_id == program.id or (not v.program_id and v.program_name == program.name)
+    ]
+    rows += [
+        {"identifier": e.identifier, "status": "Not yet in the EHR", "when": "", "who": ""}
+        for e in local
+        if e.summary.get("program_id") == program.id
+    ]
+    return rows
 
 
 @bp.post("/referrals")
@@ -218,6 +300,18 @@ def create() -> BaseResponse | str:
         return refused
     form = ProposeForm()
     program = _program(form.program.data or "")
+    if program is not None and form.again.data != "1" and form.validate():
+        earlier = _earlier_referrals(program)
+        if earlier and referral_service().outbox.get(f"{form.identifier.data}:create") is None:
+            return Response(
+                render_template(
+                    "referral_again.html",
+                    program=program,
+                    earlier=earlier,
+                    conditions=form.conditions.data or [],
+                ),
+                status=409,
+            )
     if not form.validate() or program is None:
         if program is None:
             return _message("Program not found", "That program is not in the directory.", 400)
@@ -301,7 +395,12 @@ def show(identifier: str) -> Response | str:
     if tracking.state == "unknown":
         return _not_found()
     outcome_form = None
-    if tracking.view is not None and tracking.view.is_open and not tracking.busy:
+    view = tracking.view
+    # The follow-up form is for later: not right after sending, unless asked for or due.
+    wants_outcome = request.args.get("record") == "outcome" or (
+        view is not None and view.is_due(datetime.now(UTC).date())
+    )
+    if view is not None and view.is_open and not tracking.busy and wants_outcome:
         outcome_form = OutcomeForm(
             action_id=service.mint_identifier(actor.handle),
             new_identifier=service.mint_identifier(actor.handle),
@@ -309,6 +408,9 @@ def show(identifier: str) -> Response | str:
             task_version=tracking.view.task_version,
         )
         outcome_form.program.choices = _program_choices()
+    people: list[ContactPerson] = []
+    if view is not None and view.contact_person and not view.contact_name:
+        people = _people(_chart(client, view.patient_id), view.patient_id)
     return render_template(
         "referral_show.html",
         t=tracking,
@@ -316,7 +418,24 @@ def show(identifier: str) -> Response | str:
         contact_words=CONTACT_WORDS,
         outcome_words=OUTCOME_WORDS,
         can_write=current_launch().can_update("ServiceRequest"),
+        who=people_words(view, people) if view is not None and view.contact_person else "",
+        language=ui_text.language_in_words(view.language) if view and view.language else "",
+        short_date=ui_text.short_date,
+        user=current_user(),
+        names=_author_names(client, view),
     )
+
+
+def _author_names(client: FhirClient, view: ReferralView | None) -> dict[str, str]:
+    """Names of practitioners the EHR wrote without a display (older entries, other apps)."""
+    if view is None:
+        return {}
+    refs = [h.author for h in view.history if h.author and not h.author_name]
+    if view.requester and not view.requester_name:
+        refs.append(view.requester)
+    user = current_user()
+    names = {user.info.reference: user.name} if user.name else {}
+    return names | practitioner_names(client, [r for r in refs if r not in names])
 
 
 def _program_choices() -> list[tuple[str, str]]:
@@ -352,7 +471,38 @@ def handout(identifier: str) -> Response | str:
     entry = tracking.create_entry
     program_id = str(entry.summary.get("program_id", "")) if entry else ""
     program = _program(program_id) if program_id else _program_by_name(tracking.program_name)
-    return render_template("referral_handout.html", t=tracking, program=program)
+    view = tracking.view
+    lang = (view.language if view else "") or _patient_language(fhir_client(), view)
+    lang = lang if lang in ui_text.HANDOUT_LANGUAGES else "en"
+    text = ui_text.HANDOUT_TEXT[lang]
+    who = text["you"]
+    how = ""
+    if view is not None and view.contact_preference in ("phone", "text") and view.contact_phone:
+        how = text["by_" + view.contact_preference].format(phone=view.contact_phone)
+    elif view is not None and view.contact_preference == "email" and view.contact_email:
+        how = text["by_email"].format(email=view.contact_email)
+    if view is not None and view.contact_name:
+        who = view.contact_name.split(" (")[0]
+    return render_template(
+        "referral_handout.html",
+        t=tracking,
+        program=program,
+        lang=lang,
+        text=text,
+        who=who,
+        how=how,
+        due=ui_text.long_date(view.due, lang) if view and view.due else "",
+        description=ui_text.family_description(program, lang) if program else "",
+        cost_words=ui_text.COST_WORDS[lang],
+        mode_words=ui_text.MODE_WORDS[lang],
+    )
+
+
+def _patient_language(client: FhirClient, view: ReferralView | None) -> str:
+    if view is None:
+        return ""
+    chart = _chart(client, view.patient_id)
+    return chart.patient.language if chart else ""
 
 
 def _program_by_name(name: str) -> Program | None:
@@ -380,17 +530,46 @@ def complete(identifier: str) -> BaseResponse | str:
         )
     form = CompleteForm()
     chart = _chart(client, tracking.view.patient_id)
-    form.contact_person.choices = _related_choices(chart, tracking.view.patient_id)
+    people = _people(chart, tracking.view.patient_id)
+    form.contact_person.choices = [_person_choice(p) for p in people]
+    default = people[0]
+    form.language.choices = _language_choices(chart, default.language)
+
+    def page(step: str, status: int = 200) -> Response:
+        form.step.data = "review"
+        chosen = next((p for p in people if p.reference == form.contact_person.data), default)
+        html = render_template(
+            "referral_complete.html",
+            form=form,
+            t=tracking,
+            step=step,
+            people=people,
+            chosen=chosen,
+            contact_words=CONTACT_WORDS,
+            language_words=dict(form.language.choices),
+        )
+        return Response(html, status=status)
+
     if request.method == "GET":
-        form.contact_person.data = form.contact_person.choices[0][0]
+        # The page's own write key and the versions it shows: the send is checked against them
+        # (If-Match), through the review step too, which carries them as hidden inputs.
         form.action_id.data = service.mint_identifier(current_launch().handle)
         form.sr_version.data = tracking.view.sr_version
         form.task_version.data = tracking.view.task_version
-        return render_template("referral_complete.html", form=form, t=tracking)
+        form.contact_person.data = default.reference
+        form.contact_phone.data = default.phone
+        form.contact_email.data = default.email
+        form.language.data = form.language.choices[0][0]
+        if default.reference.startswith("RelatedPerson/"):
+            form.consent_by.data = default.label.replace(" (", ", ").rstrip(")")
+        return page("form")
     if not form.validate():
-        return Response(
-            render_template("referral_complete.html", form=form, t=tracking), status=400
-        )
+        return page("form", 400)
+    if form.step.data != "send":
+        # Nothing goes out before the social worker has seen who is called, how and in which
+        # language: the first submit shows it back, "Send" sends, "Change" returns here.
+        return page("form" if form.step.data == "edit" else "review")
+    chosen = next((p for p in people if p.reference == form.contact_person.data), default)
     consent = None
     if form.consent_given.data:
         given_on = datetime.combine(form.consent_on.data or datetime.now(UTC).date(), time(12), UTC)
@@ -401,6 +580,9 @@ def complete(identifier: str) -> BaseResponse | str:
         contact_person=form.contact_person.data,
         consent=consent,
         note=form.note.data or "",
+        contact_name=chosen.label,
+        contact_phone=(form.contact_phone.data or "").strip(),
+        contact_email=(form.contact_email.data or "").strip(),
     )
     try:
         service.complete(

@@ -1,22 +1,51 @@
 """The social-worker worklist under `/l/<handle>/worklist`: drafts to complete and follow-ups due
-(overdue first), read from the EHR, plus local referrals the EHR has not confirmed yet."""
+(overdue first), read from the EHR, plus local referrals the EHR has not confirmed yet.
+
+With user-level scopes (`user/ServiceRequest.rs`, `user/Task.rs`) it spans every patient and
+keeps the referrals requested by practitioners of the user's organization (from PractitionerRole);
+without them it is the patient in context."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
 
 from flask import Blueprint, Flask, Response, render_template, request
 
 from config import Settings
+from fhir_mappings.fhir_client import FhirError
+from fhir_mappings.people import organization_members, practitioner_names
+from smartapp import ui_text
+from smartapp.referrals.service import WorkItem
 from smartapp.referrals.views import current_actor, referral_service, user_level
 from smartapp.session.current import current_launch, fhir_client, launch_routes
+from smartapp.session.user import current_user
 
 bp = Blueprint("worklist", __name__, url_prefix="/l/<handle>", template_folder="templates")
 launch_routes(bp)
 
+SORTS = {
+    "due": lambda i: (i.due or date.max, i.patient_name.casefold()),
+    "patient": lambda i: (i.patient_name.casefold(), i.due or date.max),
+    "program": lambda i: (i.program.casefold(), i.due or date.max),
+    "proposer": lambda i: (i.proposer.casefold(), i.due or date.max),
+    "proposed": lambda i: (i.proposed_on or date.min, i.patient_name.casefold()),
+}
+COLUMNS = (
+    ("patient", "Patient"),
+    ("program", "Program"),
+    ("proposer", "Proposed by"),
+    ("proposed", "Proposed on"),
+    ("due", "Follow-up due"),
+)
+
 
 def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bp)
+
+
+def _sorted(items: tuple[WorkItem, ...], key: str, reverse: bool) -> tuple[WorkItem, ...]:
+    return tuple(sorted(items, key=SORTS[key], reverse=reverse))
 
 
 @bp.get("/worklist")
@@ -31,7 +60,9 @@ def view() -> Response | str:
         )
         return Response(page, status=403)
     can_span = user_level(launch.scopes)
-    all_patients = can_span and (request.args.get("scope") == "all" or not launch.patient_id)
+    # A social worker's worklist is the organization's; a clinician starts with this patient.
+    wanted = request.args.get("scope") or ("all" if current_user().completes else "patient")
+    all_patients = can_span and (wanted == "all" or not launch.patient_id)
     if not all_patients and not launch.patient_id:
         page = render_template(
             "referral_message.html",
@@ -39,7 +70,46 @@ def view() -> Response | str:
             message="Open PeerBridge from a patient's chart to see that patient's referrals.",
         )
         return Response(page, status=400)
-    work = referral_service().worklist(fhir_client(), current_actor(), all_patients=all_patients)
+    client = fhir_client()
+    user = current_user()
+    members = None
+    if all_patients and user.info.organizations:
+        try:
+            found = organization_members(client, user.info.organizations)
+        except FhirError:
+            found = set()
+        members = frozenset(found | {launch.fhir_user}) if found else None
+    work = referral_service().worklist(
+        client, current_actor(), all_patients=all_patients, members=members
+    )
+    unnamed = {
+        i.tracking.view.requester
+        for section in (work.drafts, work.due, work.upcoming, work.closed)
+        for i in section
+        if i.tracking.view is not None and i.tracking.view.requester and not i.proposer
+    }
+    names = practitioner_names(client, unnamed) if unnamed else {}
+    sort = request.args.get("sort", "due")
+    sort = sort if sort in SORTS else "due"
+    reverse = request.args.get("order") == "desc"
+
+    def arrange(items: tuple[WorkItem, ...]) -> tuple[WorkItem, ...]:
+        named = tuple(
+            replace(i, proposer=names.get(i.tracking.view.requester, ""))
+            if i.tracking.view is not None and not i.proposer
+            else i
+            for i in items
+        )
+        return _sorted(named, sort, reverse)
+
+    work = replace(
+        work,
+        drafts=arrange(work.drafts),
+        due=arrange(work.due),
+        upcoming=arrange(work.upcoming),
+        pending=arrange(work.pending),
+        closed=arrange(work.closed),
+    )
     return render_template(
         "worklist.html",
         work=work,
@@ -47,4 +117,10 @@ def view() -> Response | str:
         can_span=can_span,
         has_patient=bool(launch.patient_id),
         today=datetime.now(UTC).date(),
+        sort=sort,
+        reverse=reverse,
+        columns=COLUMNS,
+        short_date=ui_text.short_date,
+        organization=bool(members),
+        user=user,
     )

@@ -13,6 +13,7 @@ from flask import (
     Blueprint,
     Flask,
     current_app,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -38,6 +39,7 @@ from smartapp.session.current import (
     launch_store,
 )
 from smartapp.session.store import KeyValue, LaunchStore
+from smartapp.session.user import current_user
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,14 @@ def about() -> ResponseReturnValue:
     except BuildError:
         patient_url = ""
     return render_template(
-        "launch_about.html", ctx=ctx, patient_name=patient_name, patient_url=patient_url
+        "launch_about.html",
+        ctx=ctx,
+        patient_name=patient_name,
+        patient_url=patient_url,
+        user=current_user(),
+        ehr_name=urlsplit(ctx.iss).netloc or ctx.iss,
+        limitations=[line.split(": the EHR did not grant")[0] for line in ctx.limitations],
+        all_patients=any(s.startswith("user/ServiceRequest.") for s in ctx.scopes),
     )
 
 
@@ -348,6 +357,12 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_error_handler(LaunchError, _launch_error)
     app.register_error_handler(FhirError, _fhir_error)
     app.register_error_handler(ChartError, _chart_error)
+
+    @app.context_processor
+    def _in_launch() -> dict[str, bool]:
+        # Pages of a launch get its footer (suggestions, worklist, "About this launch").
+        ctx = g.get("launch_context")
+        return {"in_launch": ctx is not None and bool(getattr(ctx, "handle", ""))}
 
     @app.url_defaults
     def _fill_handle(endpoint: str, values: dict[str, Any]) -> None:

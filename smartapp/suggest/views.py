@@ -15,20 +15,39 @@ from flask import Blueprint, Flask, Response, current_app, g, render_template, r
 from config import Settings
 from fhir_mappings.chart import read_chart
 from fhir_mappings.code_maps import CodeMap
-from fhir_mappings.domain import MODES, SUPPORTED, PatientFacts, Program, Suggestion
-from fhir_mappings.fhir_client import FhirClient
+from fhir_mappings.domain import (
+    MODES,
+    SUPPORTED,
+    CodedCondition,
+    PatientFacts,
+    Program,
+    Suggestion,
+    SuggestionResult,
+)
+from fhir_mappings.fhir_client import FhirClient, FhirError
+from fhir_mappings.referral import referral_view, search_referrals
 from launch.context import LaunchContext
 from smartapp import ui_text
 from smartapp.directory.store import current_directory
+from smartapp.referrals.service import status_words
 from smartapp.session.current import current_launch, fhir_client, launch_routes
+from smartapp.session.user import current_user
 from smartapp.smart_style import fetch_style_css
+from smartapp.suggest.cards import (
+    PastReferral,
+    is_provisional,
+    matched_codes,
+    reason_sentence,
+    referrals_by_program,
+)
 from smartapp.suggest.engine import Directory, suggest_programs
+from smartapp.suggest.finder import find_programs
 
 bp = Blueprint("patient", __name__, url_prefix="/l/<handle>", template_folder="templates")
 launch_routes(bp)
 
 COVERAGE_CHOICES = (("", "Anywhere"), ("covers", "Covers the patient's area"))
-MAX_HANDOUT_PROGRAMS = 6  # more than this does not fit on one printed page
+MAX_HANDOUT_PROGRAMS = 5  # more than this does not fit on one printed page
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -62,14 +81,18 @@ class Filters:
     coverage: str = ""
 
     @classmethod
-    def from_args(cls, args: Any) -> Filters:
+    def from_args(cls, args: Any, default_language: str = "") -> Filters:
+        """`default_language` presets the language filter (the family's) until the user picks
+        another or "Any language" (an empty `language=` in the query string)."""
+
         def pick(name: str, allowed: tuple[str, ...]) -> str:
             value = str(args.get(name, ""))
             return value if value in allowed else ""
 
+        language = default_language if "language" not in args else str(args["language"])
         return cls(
             mode=pick("mode", MODES),
-            language=str(args.get("language", ""))[:8].lower() if args.get("language") else "",
+            language=language[:8].lower(),
             supports=pick("supports", SUPPORTED),
             coverage=pick("coverage", ("covers",)),
         )
@@ -146,11 +169,11 @@ def view() -> Response | str:
             "patient_missing.html", missing=missing, no_patient=not ctx.patient_id, ctx=ctx
         )
         return Response(page, status=403)
-    return patient_page(ctx, fhir_client(), Filters.from_args(request.args))
+    return patient_page(ctx, fhir_client(), request.args)
 
 
 def patient_page(
-    ctx: LaunchContext, client: FhirClient, filters: Filters, today: date | None = None
+    ctx: LaunchContext, client: FhirClient, args: Any, today: date | None = None
 ) -> str:
     """The patient view's HTML for one launch: read the chart, rank the programs, render."""
     today = today or date.today()
@@ -165,42 +188,112 @@ def patient_page(
         today=today,
         problems=chart.problems,
     )
-    languages = sorted({lang for s in result.suggestions for lang in s.program.languages})
     return render_template(
         "patient.html",
-        ctx=ctx,
-        patient=chart.patient,
-        banner=_patient_banner(chart.patient, today) if ctx.need_patient_banner else None,
-        result=result,
-        filters=filters,
-        shown_count=sum(filters.shows(s.program, chart.patient) for s in result.suggestions),
-        languages=languages,
-        modes=MODES,
-        supported=SUPPORTED,
-        coverage_choices=COVERAGE_CHOICES,
-        headline=headline,
-        coverage_word=coverage_word,
-        can_refer=ctx.can_write("ServiceRequest"),
-        limitations=ctx.limitations,
-        **WORDS,
+        **page_context(
+            ctx,
+            chart.patient,
+            result,
+            args,
+            today,
+            past=_past_referrals(client, ctx, result),
+            completes=current_user().completes,
+        ),
     )
+
+
+def page_context(
+    ctx: LaunchContext,
+    patient: PatientFacts,
+    result: SuggestionResult,
+    args: Any,
+    today: date,
+    *,
+    past: dict[str, list[PastReferral]] | None = None,
+    completes: bool = False,
+) -> dict[str, Any]:
+    """Everything patient.html reads; tests render the page from domain objects with it."""
+    languages = sorted({lang for s in result.suggestions for lang in s.program.languages})
+    # The family's language presets the filter, when some suggestion speaks it.
+    family = patient.language if patient.language not in ("", "en") else ""
+    filters = Filters.from_args(args, family if family in languages else "")
+    return {
+        "ctx": ctx,
+        "patient": patient,
+        "banner": _patient_banner(patient, today) if ctx.need_patient_banner else None,
+        "result": result,
+        "filters": filters,
+        "shown_count": sum(filters.shows(s.program, patient) for s in result.suggestions),
+        "languages": languages,
+        "modes": MODES,
+        "supported": SUPPORTED,
+        "coverage_choices": COVERAGE_CHOICES,
+        "headline": headline,
+        "sentence": lambda s: reason_sentence(s, patient),
+        "matched_codes": matched_codes,
+        "coverage_word": coverage_word,
+        "can_refer": ctx.can_write("ServiceRequest"),
+        "limitations": ctx.limitations,
+        "past": past or {},
+        "completes": completes,
+        "provisional": [c for c in _used_conditions(result) if is_provisional(c)],
+        "family_language": family,
+        "short_date": ui_text.short_date,
+        **WORDS,
+    }
+
+
+def _used_conditions(result: SuggestionResult) -> list[CodedCondition]:
+    seen: dict[str, CodedCondition] = {}
+    for suggestion in result.suggestions:
+        for condition in suggestion.conditions:
+            seen.setdefault(condition.id, condition)
+    return list(seen.values())
+
+
+def _past_referrals(
+    client: FhirClient, ctx: LaunchContext, result: SuggestionResult
+) -> dict[str, list[PastReferral]]:
+    """This patient's referrals per program (EHR and not yet sent), for the cards."""
+    if not ctx.can_read("ServiceRequest"):
+        return {}
+    settings = _settings()
+    try:
+        pairs = search_referrals(
+            client, settings.referrals.identifier_system, patient_id=ctx.patient_id
+        )
+    except FhirError:
+        return {}
+    rows = []
+    for sr, task in pairs:
+        view = referral_view(sr, task, settings.referrals.identifier_system)
+        row = PastReferral(
+            view.identifier,
+            status_words(view),
+            view.authored_on.date() if view.authored_on else None,
+            view.requester_name,
+            view.is_open or view.status == "draft",
+        )
+        rows.append((view.program_id, view.program_name, row))
+    return referrals_by_program([s.program for s in result.suggestions], rows)
 
 
 @bp.route("/programs", methods=["GET", "POST"])
 def search() -> str:
     """Directory search for conditions the code maps do not cover. The words (often a
-    diagnosis) come only in a POST body, never in the URL; a GET shows the empty form."""
+    diagnosis) come only in a POST body, never in the URL; a GET (or an empty search) browses
+    every program."""
     text = request.form.get("q", "").strip()[:200] if request.method == "POST" else ""
-    found: list[Program] = []
-    if text:
-        found = _directory().search(text)
+    found = find_programs(_directory(), CodeMap.load_default(), text)
     condition = request.form.get("condition", "")[:64] if request.method == "POST" else ""
     return render_template(
         "patient_search.html",
         text=text,
-        programs=found[:25],
+        programs=found if not text else found[:25],
+        browsing=not text,
         condition=condition,
         can_refer=current_launch().can_write("ServiceRequest"),
+        family_description=ui_text.family_description,
         **WORDS,
     )
 
@@ -221,9 +314,25 @@ def handout() -> Response | str:
             message="Tick at least one program for the family handout.",
         )
         return Response(page, status=400)
+    return handout_page(
+        chosen,
+        request.args.get("lang", ""),
+        date.today(),
+        dropped=len(set(request.args.getlist("program"))) > len(chosen),
+    )
+
+
+def handout_page(programs: list[Program], family: str, today: date, dropped: bool = False) -> str:
+    """The two-language handout, the family's language first when it is one it is written in."""
+    first = family if family in ui_text.HANDOUT_LANGUAGES else "en"
+    order = [first, *(lang for lang in ui_text.HANDOUT_LANGUAGES if lang != first)]
     return render_template(
         "handout.html",
-        programs=chosen,
+        programs=programs,
+        dropped=dropped,
+        order=order,
+        describe=ui_text.family_description,
+        dates={lang: ui_text.long_date(today, lang) for lang in order},
         text=ui_text.HANDOUT_TEXT,
         cost_words=ui_text.COST_WORDS,
         mode_words=ui_text.MODE_WORDS,

@@ -404,8 +404,8 @@ def show(identifier: str) -> Response | str:
         outcome_form = OutcomeForm(
             action_id=service.mint_identifier(actor.handle),
             new_identifier=service.mint_identifier(actor.handle),
-            sr_version=tracking.view.sr_version,
-            task_version=tracking.view.task_version,
+            sr_version=view.sr_version,
+            task_version=view.task_version,
         )
         outcome_form.program.choices = _program_choices()
     people: list[ContactPerson] = []

@@ -30,7 +30,6 @@ ICD_CONCEPT_MAP_FILE = DATA_DIR / "conceptmap-icd10cm-needs.json"
 CONCEPT_MAP_FILES = (ICD_CONCEPT_MAP_FILE, DATA_DIR / "conceptmap-snomed-needs.json")
 ICD_EXPANSION_FILE = DATA_DIR / "icd10cm-needs-expanded.json"
 NEEDS_SYSTEM = "https://peerbridge.example.org/fhir/CodeSystem/needs"
-_BUILD_LOCK = threading.Lock()
 
 # A patient's ICD-10-CM code: a letter, two letters or digits (QA0 is new in FY2025), then up to
 # four after the dot.
@@ -97,10 +96,7 @@ class CodeMap:
 
     @classmethod
     def load_default(cls) -> CodeMap:
-        # Built once; gunicorn's threads (a page and a CDS call at the same moment) must not
-        # build it twice at once: the ICD-10-CM library's first use is not thread-safe.
-        with _BUILD_LOCK:
-            return _default_code_map()
+        return _default_code_map()
 
     # -- public lookups ------------------------------------------------------------------------
     def needs_for(self, coding: Coding) -> frozenset[str]:

@@ -151,6 +151,9 @@ def test_sending_needs_a_number_for_a_call_and_the_detail_page_names_the_person(
     page = social.get(f"/l/{sw}/referrals/{identifier}/complete").get_data(as_text=True)
     answers = {
         "csrf_token": csrf_of(page),
+        "action_id": hidden(page, "action_id"),
+        "sr_version": hidden(page, "sr_version"),
+        "task_version": hidden(page, "task_version"),
         "consent_given": "y",
         "consent_by": "Lucia Demo Garcia-Demo, mother",
         "contact_preference": "phone",

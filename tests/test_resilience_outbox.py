@@ -438,6 +438,7 @@ def test_a_second_completion_of_the_same_draft_from_another_tab_is_refused_with_
                 "task_version": hidden(page, "task_version"),
                 "contact_preference": preference,
                 "contact_person": f"Patient/{CHART_PATIENT}",
+                "step": "send",
             },
         )
 
@@ -472,6 +473,7 @@ def test_an_outcome_on_a_page_someone_else_changed_meanwhile_is_refused_and_says
             "action_id": hidden(complete, "action_id"),
             "contact_preference": "none",
             "contact_person": f"Patient/{CHART_PATIENT}",
+            "step": "send",
         },
     )
     pages = [

@@ -438,6 +438,7 @@ def test_a_second_completion_of_the_same_draft_from_another_tab_is_refused_with_
                 "task_version": hidden(page, "task_version"),
                 "contact_preference": preference,
                 "contact_person": f"Patient/{CHART_PATIENT}",
+                "language": "en",
                 "step": "send",
             },
         )
@@ -473,12 +474,13 @@ def test_an_outcome_on_a_page_someone_else_changed_meanwhile_is_refused_and_says
             "action_id": hidden(complete, "action_id"),
             "contact_preference": "none",
             "contact_person": f"Patient/{CHART_PATIENT}",
+            "language": "en",
             "step": "send",
         },
     )
     pages = [
-        first.get(f"/l/{a}/referrals/{identifier}").get_data(as_text=True),
-        second.get(f"/l/{b}/referrals/{identifier}").get_data(as_text=True),
+        first.get(f"/l/{a}/referrals/{identifier}?record=outcome").get_data(as_text=True),
+        second.get(f"/l/{b}/referrals/{identifier}?record=outcome").get_data(as_text=True),
     ]
     answers = []
     for web_client, h, page, outcome in (

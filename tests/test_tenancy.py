@@ -80,8 +80,11 @@ def service_of(app: Flask) -> ReferralService:
 
 def propose_form(app: Flask, web: FlaskClient, handle: str, condition: str) -> dict[str, str]:
     program = a_program(app)
-    page = web.get(f"/l/{handle}/referrals/new?program={program.id}").get_data(as_text=True)
+    # again=1: some tests propose the same program twice; the form then says so and asks first.
+    url = f"/l/{handle}/referrals/new?program={program.id}&again=1"
+    page = web.get(url).get_data(as_text=True)
     return {
+        "again": "1",
         "csrf_token": csrf_of(page),
         "identifier": hidden(page, "identifier"),
         "program": program.id,
@@ -283,10 +286,13 @@ def test_an_outcome_form_carrying_another_launchs_action_id_is_refused(
     identifier = propose(app, web, handle, f"{PATIENT_A}-c1")
     social = app.test_client()
     sw = launch(app, sandbox, social, PATIENT_A, user=SOCIAL_WORKER)
-    page = social.get(f"/l/{sw}/referrals/{identifier}").get_data(as_text=True)
+    # The outcome form is offered on request (or when due) and to a social worker.
+    page = social.get(f"/l/{sw}/referrals/{identifier}?record=outcome").get_data(as_text=True)
     other = app.test_client()
-    other_handle = launch(app, sandbox, other, PATIENT_A)
-    foreign = other.get(f"/l/{other_handle}/referrals/{identifier}").get_data(as_text=True)
+    other_handle = launch(app, sandbox, other, PATIENT_A, user=SOCIAL_WORKER)
+    foreign = other.get(f"/l/{other_handle}/referrals/{identifier}?record=outcome").get_data(
+        as_text=True
+    )
     response = social.post(
         f"/l/{sw}/referrals/{identifier}/outcome",
         data={

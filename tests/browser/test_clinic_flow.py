@@ -83,7 +83,8 @@ def assert_servicerequest_in_ehr(demo: Demo, patient: str, status: str) -> dict[
 def wait_confirmed(frame: Any) -> str:
     """The confirmation page keeps the EHR's ServiceRequest id for IT (behind a toggle) once the
     outbox has written it; people read "In the EHR"."""
-    frame.get_by_text("In the EHR").first.wait_for(timeout=WAIT_MS)
+    # A busy EHR may answer late: the page shows "Pending" and refreshes itself until confirmed.
+    frame.locator(".badge.status-confirmed").first.wait_for(timeout=3 * WAIT_MS)
     shown = frame.locator(".sr-id").first
     shown.wait_for(state="attached", timeout=WAIT_MS)
     return str(shown.text_content()).strip()
@@ -208,6 +209,7 @@ def test_subspecialist_proposes_and_social_worker_completes_a_referral(
     check(page, "worklist")
     shoot(page.locator("#app"), "05-worklist")
     frame.get_by_role("link", name=re.compile("^Proposed on")).first.click()
+    frame_of(page).wait_for_url(re.compile(r"sort=proposed"), timeout=WAIT_MS)
     frame.locator("th[aria-sort]").first.wait_for(timeout=WAIT_MS)
     check(page, "worklist, sorted")
     frame.get_by_role("link", name=re.compile("^Complete the referral of Mateo")).first.click()

@@ -152,8 +152,9 @@ def test_a_referral_whose_write_failed_on_one_instance_is_sent_by_the_other(
     browser, handle = _launch_on_a_continue_on_b(cluster, sandbox)
     programs = cluster.a.app.extensions[program_directory.PROGRAMS_KEY]
     program = sorted(programs, key=lambda p: p.id)[0]
+    # again=1: these tests propose to the same program more than once, deliberately.
     page = browser.get(
-        f"{cluster.a.url}/l/{handle}/referrals/new?program={program.id}", timeout=10
+        f"{cluster.a.url}/l/{handle}/referrals/new?program={program.id}&again=1", timeout=10
     ).text
     token = CSRF.search(page)
     identifier = re.search(r'id="identifier" name="identifier" type="hidden" value="([^"]*)"', page)
@@ -165,6 +166,7 @@ def test_a_referral_whose_write_failed_on_one_instance_is_sent_by_the_other(
         "identifier": identifier.group(1),
         "program": program.id,
         "priority": "routine",
+        "again": "1",  # the form's own field when the patient has an earlier referral
     }
     posted = browser.post(
         f"{cluster.a.url}/l/{handle}/referrals", data=form, allow_redirects=False, timeout=10
@@ -233,8 +235,9 @@ def test_readyz_fails_while_redis_is_down(cluster: Cluster, redis_server: RedisS
 def _open_form(cluster: Cluster, browser: requests.Session, handle: str) -> dict[str, str]:
     programs = cluster.a.app.extensions[program_directory.PROGRAMS_KEY]
     program = sorted(programs, key=lambda p: p.id)[0]
+    # again=1: these tests propose to the same program more than once, deliberately.
     page = browser.get(
-        f"{cluster.a.url}/l/{handle}/referrals/new?program={program.id}", timeout=10
+        f"{cluster.a.url}/l/{handle}/referrals/new?program={program.id}&again=1", timeout=10
     ).text
     token = CSRF.search(page)
     identifier = re.search(r'id="identifier" name="identifier" type="hidden" value="([^"]*)"', page)
@@ -244,6 +247,7 @@ def _open_form(cluster: Cluster, browser: requests.Session, handle: str) -> dict
         "identifier": identifier.group(1),
         "program": program.id,
         "priority": "routine",
+        "again": "1",  # the form's own field when the patient has an earlier referral
     }
 
 

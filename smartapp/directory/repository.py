@@ -16,6 +16,7 @@ directory's version counter moves (one SELECT per call).
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 import threading
@@ -27,6 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
+    bindparam,
     create_engine,
     delete,
     event,
@@ -48,6 +50,9 @@ from smartapp.directory.models import (
 )
 from smartapp.directory.records import program_from_dict, program_to_dict, search_text
 
+_FTS_ROWS = text("SELECT rowid, program_id FROM directory_fts WHERE rowid IN :rowids").bindparams(
+    bindparam("rowids", expanding=True)
+)
 Action = Literal["add", "edit", "retire", "verify", "import"]
 _WORD = re.compile(r"[0-9A-Za-zÀ-ÿ]+")
 
@@ -146,10 +151,8 @@ class DirectoryRepository:
         self._lock = threading.Lock()
         self._cache: tuple[int, dict[str, ProgramRecord]] = (-1, {})
         self._sorted: tuple[dict[str, ProgramRecord] | None, list[ProgramRecord]] = (None, [])
-        self._need_index: tuple[list[ProgramRecord] | None, dict[str, list[ProgramRecord]]] = (
-            None,
-            {},
-        )
+        self._fts_map: dict[int, str] = {}
+        self._index: tuple[list[ProgramRecord] | None, _SearchIndex] = (None, _SearchIndex([]))
 
     # -- version and cache ---------------------------------------------------------------------
 
@@ -182,21 +185,8 @@ class DirectoryRepository:
             self._cache = (current, found)
         return found
 
-    def _by_name_and_need(self) -> dict[str, list[ProgramRecord]]:
-        ordered = self._by_name()
-        with self._lock:
-            if self._need_index[0] is ordered:
-                return self._need_index[1]
-        index: dict[str, list[ProgramRecord]] = {}
-        for record in ordered:
-            for code in record.program.needs:
-                index.setdefault(code, []).append(record)
-        with self._lock:
-            self._need_index = (ordered, index)
-        return index
-
-    def _by_name(self) -> list[ProgramRecord]:
-        records = self.records()
+    def _by_name(self, records: dict[str, ProgramRecord] | None = None) -> list[ProgramRecord]:
+        records = self.records() if records is None else records
         with self._lock:
             if self._sorted[0] is records:
                 return self._sorted[1]
@@ -627,43 +617,53 @@ class DirectoryRepository:
     ) -> tuple[list[ProgramRecord], int]:
         """Programs matching the words (full text) and every filter given: (page, total)."""
         records = self.records()
-        candidates: Iterable[ProgramRecord]
+        index = self._search_index(records)
+        words: list[str] = []
+        ids: set[str]
         if query.strip():
-            hits = self._full_text(query)
+            ids = set(self._full_text(query))
             words = [w.casefold() for w in _WORD.findall(query)]
-            # Names holding every word first, then by name: a person's reading of relevance.
-            candidates = sorted(
-                (records[i] for i in hits if i in records),
-                key=lambda r: (
-                    not all(w in r.program.name.casefold() for w in words),
-                    r.program.name.casefold(),
-                ),
-            )
-        elif need:
-            candidates = self._by_name_and_need().get(need, [])
         else:
-            candidates = self._by_name()
-        found = []
-        for record in candidates:
-            p = record.program
-            if not include_retired and not record.active:
-                continue
-            if tenant is not None and p.local and record.tenant not in ("", tenant):
-                continue
-            if need and need not in p.needs:
-                continue
-            if language and language not in p.languages:
-                continue
-            if mode and mode not in p.modes:
-                continue
-            if cost and p.cost != cost:
-                continue
-            if state and p.coverage.kind != "national" and state not in p.coverage.states:
-                continue
-            if since is not None and record.updated_at.timestamp() < since:
-                continue
-            found.append(record)
-        return found[:limit], len(found)
+            ids = set(index.needs.get(need, ())) if need else set(index.place)
+        # Each filter is a set kept with the records: the words' hits are narrowed in C.
+        ids &= index.place.keys() if include_retired else index.active
+        for wanted, by_value in (
+            (need, index.needs),
+            (language, index.languages),
+            (mode, index.modes),
+            (cost, index.costs),
+        ):
+            if wanted:
+                ids &= by_value.get(wanted, set())
+        if state:
+            ids &= index.national | index.states.get(state, set())
+        if tenant is not None:
+            ids -= {i for i in ids & index.local if records[i].tenant not in ("", tenant)}
+        if since is not None:
+            ids = {i for i in ids if records[i].updated_at.timestamp() >= since}
+        place = index.place
+        if words:
+            # Names holding every word first, then by name: a person's reading of relevance.
+            names = index.names
+
+            def relevance(program_id: str) -> tuple[bool, int]:
+                return not all(w in names[program_id] for w in words), place[program_id]
+
+            page = heapq.nsmallest(limit, ids, key=relevance)
+        else:
+            page = heapq.nsmallest(limit, ids, key=place.__getitem__)
+        return [records[i] for i in page], len(ids)
+
+    def _search_index(self, records: dict[str, ProgramRecord]) -> _SearchIndex:
+        """The filters' sets and the name order, built again when the records change."""
+        ordered = self._by_name(records)
+        with self._lock:
+            if self._index[0] is ordered:
+                return self._index[1]
+        index = _SearchIndex(ordered)
+        with self._lock:
+            self._index = (ordered, index)
+        return index
 
     def _full_text(self, query: str) -> list[str]:
         words = [w for w in _WORD.findall(query) if len(w) > 1 or w.isdigit()][:12]
@@ -672,10 +672,13 @@ class DirectoryRepository:
         with self.engine.connect() as conn:
             if self.sqlite:
                 match = " AND ".join(f'"{w}"*' for w in words)
+                # Row numbers come from the index alone; reading each hit's program_id would
+                # look up its stored row (several times slower for a thousand hits).
                 rows = conn.execute(
-                    text("SELECT program_id FROM directory_fts WHERE directory_fts MATCH :q"),
+                    text("SELECT rowid FROM directory_fts WHERE directory_fts MATCH :q"),
                     {"q": match},
                 ).all()
+                return self._fts_ids(conn, [r[0] for r in rows])
             else:
                 tsquery = " & ".join(f"{w.lower()}:*" for w in words)
                 rows = conn.execute(
@@ -686,6 +689,18 @@ class DirectoryRepository:
                     {"q": tsquery},
                 ).all()
         return [str(r[0]) for r in rows]
+
+    def _fts_ids(self, conn: Connection, rowids: list[int]) -> list[str]:
+        """The program ids of FTS rows, remembered: a row's id never changes (a program written
+        again gets a new row), so only rows not seen before are read, by row number."""
+        with self._lock:
+            known = self._fts_map
+        missing = [r for r in rowids if r not in known]
+        for start in range(0, len(missing), 500):
+            rows = conn.execute(_FTS_ROWS, {"rowids": missing[start : start + 500]}).all()
+            with self._lock:
+                known = self._fts_map = {**self._fts_map, **{int(r[0]): str(r[1]) for r in rows}}
+        return [known[r] for r in rowids if r in known]
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -713,6 +728,35 @@ class DirectoryRepository:
     def unsubscribe(self, url: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(directory_subscription).where(directory_subscription.c.url == url))
+
+
+class _SearchIndex:
+    """Program ids by each search filter's value, and each program's place in name order."""
+
+    def __init__(self, ordered: Sequence[ProgramRecord]) -> None:
+        self.place = {r.program.id: n for n, r in enumerate(ordered)}
+        self.names = {r.program.id: r.program.name.casefold() for r in ordered}
+        self.active = {r.program.id for r in ordered if r.active}
+        self.local = {r.program.id for r in ordered if r.program.local}
+        self.national: set[str] = set()
+        self.needs: dict[str, set[str]] = {}
+        self.languages: dict[str, set[str]] = {}
+        self.modes: dict[str, set[str]] = {}
+        self.costs: dict[str, set[str]] = {}
+        self.states: dict[str, set[str]] = {}
+        for record in ordered:
+            p = record.program
+            for by_value, values in (
+                (self.needs, p.needs),
+                (self.languages, p.languages),
+                (self.modes, p.modes),
+                (self.costs, (p.cost,)),
+                (self.states, p.coverage.states),
+            ):
+                for value in values:
+                    by_value.setdefault(value, set()).add(p.id)
+            if p.coverage.kind == "national":
+                self.national.add(p.id)
 
 
 def _free_id(wanted: str, used: set[str]) -> str:

@@ -22,6 +22,7 @@ from fhir_mappings.code_maps import languages, need_codesystem, us_states
 from fhir_mappings.directory import fetch_directory
 from fhir_mappings.domain import Contact, Coverage, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
+from launch.guarded_http import GuardedHttp, GuardedHttpError
 from smartapp.directory.repository import DirectoryRepository, ProgramRecord
 
 NEED_TAXONOMY = "https://peerbridge.example.org/fhir/CodeSystem/needs"
@@ -241,7 +242,32 @@ def services_in(data: Any) -> list[dict[str, Any]]:
 
 def read_hsds(path: Path) -> HsdsResult:
     """The programs of an HSDS file; OSError / ValueError when it cannot be read at all."""
-    text = path.read_text(encoding="utf-8")
+    return hsds_from_text(path.read_text(encoding="utf-8"))
+
+
+def read_hsds_url(url: str, *, timeout: float = 30.0) -> HsdsResult:
+    """The programs of an HSDS file a 211 publishes at an https URL, fetched under the guarded
+    HTTP rules (https only, bounded time and size); ValueError when it cannot be read."""
+    try:
+        response = GuardedHttp(timeout=timeout, max_bytes=HSDS_MAX_BYTES).request(
+            "GET", url, headers={"Accept": "application/json"}, follow_redirects=True
+        )
+    except GuardedHttpError as exc:
+        raise ValueError(f"could not fetch the HSDS file: {exc}") from exc
+    if not response.ok:
+        raise ValueError(f"the HSDS file's server answered {response.status_code}")
+    try:
+        return hsds_from_text(response.content.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError("the HSDS file is not UTF-8 text") from exc
+
+
+def is_url(where: str) -> bool:
+    return where.startswith(("https://", "http://"))
+
+
+def hsds_from_text(text: str) -> HsdsResult:
+    """The programs of HSDS JSON (a list or an object holding services) or JSON lines."""
     try:
         services = services_in(json.loads(text))
     except json.JSONDecodeError:
@@ -321,6 +347,10 @@ def to_hsds(records: Iterable[ProgramRecord]) -> list[dict[str, Any]]:
 # -- subscriptions ---------------------------------------------------------------------------
 
 
+# A county 211's whole directory as one HSDS file runs to tens of megabytes.
+HSDS_MAX_BYTES = 100 * 1024 * 1024
+
+
 def parse_subscription(entry: str) -> tuple[str, str]:
     """ "fhir:URL" or "hsds:PATH" -> (kind, where)."""
     kind, _, where = entry.partition(":")
@@ -338,7 +368,7 @@ def refresh(
         programs = fetch_directory(FhirClient(where, timeout=timeout))
         skipped: list[str] = []
     else:
-        result = read_hsds(Path(where))
+        result = read_hsds_url(where, timeout=timeout) if is_url(where) else read_hsds(Path(where))
         programs, skipped = result.programs, result.skipped
     counts = repository.import_programs(programs, where)
     counts["skipped"] = len(skipped)

@@ -181,3 +181,24 @@ class ProgramForm(FlaskForm):  # type: ignore[misc]
 
 class ReasonForm(FlaskForm):  # type: ignore[misc]
     why = TextAreaField("Why", validators=[Optional(), Length(max=1000)])
+
+
+SUBSCRIPTION_KINDS = [
+    ("fhir", "Another PeerBridge's directory (FHIR endpoint)"),
+    ("hsds", "An Open Referral HSDS file (e.g. from a 211)"),
+]
+
+
+class SubscriptionForm(FlaskForm):  # type: ignore[misc]
+    kind = SelectField("Kind of source", choices=SUBSCRIPTION_KINDS, default="fhir")
+    url = StringField(
+        "Address (https)",
+        validators=[DataRequired("Give the address of the directory."), Length(max=1000)],
+        description="e.g. https://peerbridge.other-hospital.org/directory/fhir",
+    )
+
+
+class SubscriptionActionForm(FlaskForm):  # type: ignore[misc]
+    """Refresh or remove one subscription (which one: the hidden url; CSRF in the form)."""
+
+    url = StringField("Address", validators=[DataRequired(), Length(max=1000)])

@@ -725,6 +725,14 @@ class DirectoryRepository:
                 .values(last_run=self.clock(), last_result=result[:2000])
             )
 
+    def imported_counts(self) -> dict[str, int]:
+        """How many active programs each subscribed source brought, by its address."""
+        counts: dict[str, int] = {}
+        for record in self.records().values():
+            if record.origin == "imported" and record.active:
+                counts[record.source] = counts.get(record.source, 0) + 1
+        return counts
+
     def unsubscribe(self, url: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(directory_subscription).where(directory_subscription.c.url == url))

@@ -1,9 +1,10 @@
-"""Directory pages (browse, search, add, edit, retire, verify, history, review queue) under a
-launch, and the read-only FHIR endpoint that publishes the directory. Thin: the work is in
-`repository.DirectoryRepository` and `publish`."""
+"""Directory pages (browse, search, add, edit, retire, verify, history, review queue,
+subscriptions) under a launch, and the read-only FHIR endpoint that publishes the directory.
+Thin: the work is in `repository.DirectoryRepository`, `exchange` and `publish`."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +26,17 @@ from config import Settings
 from fhir_mappings.code_maps import language_name, us_state_name
 from fhir_mappings.directory import AGE_BAND_DISPLAY, MODE_DISPLAY, REFERRAL_DISPLAY, need_codes
 from fhir_mappings.domain import MODES, Program
-from smartapp.directory import publish
-from smartapp.directory.forms import COSTS, ProgramForm, ReasonForm
+from fhir_mappings.fhir_client import FhirError
+from launch.guarded_http import UrlRefused, check_url
+from smartapp.directory import exchange, publish
+from smartapp.directory.forms import (
+    COSTS,
+    SUBSCRIPTION_KINDS,
+    ProgramForm,
+    ReasonForm,
+    SubscriptionActionForm,
+    SubscriptionForm,
+)
 from smartapp.directory.repository import DirectoryEditError, DirectoryRepository, warnings
 from smartapp.directory.store import repository
 from smartapp.security import csrf
@@ -236,6 +246,107 @@ def decide(change_id: int) -> BaseResponse:
     except DirectoryEditError as exc:
         abort(Response(str(exc), 409))
     return redirect(url_for("directory.review"))
+
+
+# -- subscriptions: other PeerBridge directories and HSDS files, refreshed into this one ----------
+
+_COUNT_WORDS = (
+    ("added", "added"),
+    ("refreshed", "refreshed"),
+    ("unchanged", "unchanged"),
+    ("duplicates", "already here"),
+    ("kept_local", "kept as edited here"),
+    ("retired", "retired"),
+    ("skipped", "left out (incomplete)"),
+)
+
+
+def _result_words(result: str) -> tuple[bool, str]:
+    """(failed, what the last refresh did in words) from what `record_run` stored."""
+    if not result:
+        return False, "Not refreshed yet"
+    try:
+        counts = json.loads(result)
+    except ValueError:
+        return True, result.removeprefix("failed: ")
+    if not isinstance(counts, dict):
+        return True, result
+    said = [f"{counts[key]} {words}" for key, words in _COUNT_WORDS if counts.get(key)]
+    return False, ", ".join(said) or "nothing changed"
+
+
+def _editor_only() -> None:
+    # Subscriptions feed the shared directory live: the people whose edits go live manage them.
+    if not _can_edit_live():
+        abort(403)
+
+
+@bp.route("/subscriptions", methods=["GET", "POST"])
+def subscriptions() -> BaseResponse | str:
+    _editor_only()
+    repo = repository()
+    form = SubscriptionForm()
+    if form.validate_on_submit():
+        url = (form.url.data or "").strip()
+        try:
+            check_url(url)
+        except UrlRefused as exc:
+            form.url.errors = [*form.url.errors, f"PeerBridge cannot read this address: {exc}."]
+        else:
+            repo.subscribe(form.kind.data, url)
+            return redirect(url_for("directory.subscriptions", done="added"))
+    counts = repo.imported_counts()
+    rows = []
+    for entry in sorted(repo.subscriptions(), key=lambda e: e["url"]):
+        failed, words = _result_words(entry["last_result"] or "")
+        last = entry["last_run"]
+        rows.append(
+            {
+                "kind": dict(SUBSCRIPTION_KINDS).get(entry["kind"], entry["kind"]),
+                "url": entry["url"],
+                "last_run": datetime.fromtimestamp(last, UTC) if last else None,
+                "failed": failed,
+                "result": words,
+                "programs": counts.get(entry["url"], 0),
+            }
+        )
+    return render_template(
+        "directory_subscriptions.html",
+        form=form,
+        action_form=SubscriptionActionForm(formdata=None),
+        rows=rows,
+        done=request.args.get("done", ""),
+        **_words(),
+    )
+
+
+@bp.post("/subscriptions/refresh")
+def refresh_subscription() -> BaseResponse:
+    kind, url = _chosen_subscription()
+    repo = repository()
+    try:
+        exchange.refresh(repo, kind, url, timeout=_settings().fhir.timeout_seconds)
+    except (FhirError, OSError, ValueError) as exc:
+        repo.record_run(url, f"failed: {exc}")
+    return redirect(url_for("directory.subscriptions", done="refreshed"))
+
+
+@bp.post("/subscriptions/remove")
+def remove_subscription() -> BaseResponse:
+    _kind, url = _chosen_subscription()
+    repository().unsubscribe(url)
+    return redirect(url_for("directory.subscriptions", done="removed"))
+
+
+def _chosen_subscription() -> tuple[str, str]:
+    _editor_only()
+    form = SubscriptionActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    for entry in repository().subscriptions():
+        if entry["url"] == form.url.data:
+            return str(entry["kind"]), str(entry["url"])
+    abort(404)
 
 
 def _visible(program: Program, tenant: str) -> bool:

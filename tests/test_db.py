@@ -38,7 +38,7 @@ def _differences(conn: Connection) -> list[Any]:
     """What Alembic sees between the database and the models (the FTS5 index is SQL only)."""
 
     def include_name(name: str | None, type_: str, _parents: Any) -> bool:
-        return type_ != "table" or schema.is_modelled(name)
+        return type_ not in ("table", "index") or schema.is_modelled(name)
 
     context = MigrationContext.configure(conn, opts={"include_name": include_name})
     return list(compare_metadata(context, metadata))

@@ -9,10 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from fhir_mappings.domain import Contact, Coverage, Program
 from smartapp.db.schema import upgrade
-from smartapp.directory.repository import DirectoryRepository
+from smartapp.directory.repository import PG_SEARCH, DirectoryRepository
 from smartapp.directory.store import synonyms
 from tests.conftest import migrated_sqlite
 from tests.services import PostgresServer
@@ -143,3 +144,15 @@ def test_an_edit_changes_what_the_words_find_and_retired_stays_out(
     assert names(repo, "dialysis") == []
     page, total = repo.search("dialysis", include_retired=True)
     assert total == 1 and page[0].status == "retired"
+
+
+@pytest.mark.services
+def test_postgresql_search_reads_the_gin_index(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database()
+    upgrade(url)
+    repo = DirectoryRepository(url, synonyms=synonyms())
+    repo.seed(PROGRAMS)
+    with repo.engine.connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))  # four rows: make the planner show it
+        plan = conn.execute(text("EXPLAIN " + PG_SEARCH.text), {"q": "dialysis:*"}).scalars().all()
+    assert any("directory_fts_search" in line for line in plan), plan

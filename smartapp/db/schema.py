@@ -36,13 +36,15 @@ _QUOTED = re.compile(r"['\"]([^'\"]+)['\"]")
 # Modules that declare tables on `models.metadata` besides models.py itself (a feature may keep
 # its tables beside its store). The migration environment and tests/test_db.py import them all.
 TABLE_MODULES = ("smartapp.db.models", "smartapp.workspace.models", "smartapp.directory.models")
-# Tables a migration creates that no `Table` can declare: SQLite's FTS5 index of the program
-# directory and the shadow tables SQLite keeps for it (directory_fts_data, _idx, ...).
+# Tables and indexes a migration creates that no `Table` can declare: SQLite's FTS5 index of the
+# program directory, the shadow tables SQLite keeps for it (directory_fts_data, _idx, ...), and
+# PostgreSQL's GIN index on the search expression (directory_fts_search, 0006).
 UNMODELLED_PREFIX = "directory_fts"
 
 
 def is_modelled(name: str | None) -> bool:
-    """False for tables migrations own but models do not describe (Alembic compares the rest)."""
+    """False for tables and indexes migrations own but models do not describe (Alembic compares
+    the rest)."""
     return not (name or "").startswith(UNMODELLED_PREFIX)
 
 

@@ -53,6 +53,11 @@ from smartapp.directory.records import program_from_dict, program_to_dict, searc
 _FTS_ROWS = text("SELECT rowid, program_id FROM directory_fts WHERE rowid IN :rowids").bindparams(
     bindparam("rowids", expanding=True)
 )
+# The expression is the one migration 0006 indexes (GIN): keep the two the same.
+PG_SEARCH = text(
+    "SELECT id FROM directory_program WHERE "
+    "to_tsvector('simple', search_text) @@ to_tsquery('simple', :q)"
+)
 Action = Literal["add", "edit", "retire", "verify", "import"]
 _WORD = re.compile(r"[0-9A-Za-zÀ-ÿ]+")
 
@@ -681,13 +686,7 @@ class DirectoryRepository:
                 return self._fts_ids(conn, [r[0] for r in rows])
             else:
                 tsquery = " & ".join(f"{w.lower()}:*" for w in words)
-                rows = conn.execute(
-                    text(
-                        "SELECT id FROM directory_program WHERE "
-                        "to_tsvector('simple', search_text) @@ to_tsquery('simple', :q)"
-                    ),
-                    {"q": tsquery},
-                ).all()
+                rows = conn.execute(PG_SEARCH, {"q": tsquery}).all()
         return [str(r[0]) for r in rows]
 
     def _fts_ids(self, conn: Connection, rowids: list[int]) -> list[str]:

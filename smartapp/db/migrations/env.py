@@ -15,7 +15,7 @@ metadata = load_all_tables()
 
 def include_name(name: str | None, type_: str, _parents: Any) -> bool:
     # The FTS5 virtual table is created by 0005 in SQL; autogenerate must not drop it.
-    return type_ != "table" or is_modelled(name)
+    return type_ not in ("table", "index") or is_modelled(name)
 
 
 if context.is_offline_mode():

@@ -458,6 +458,82 @@ def test_safety_vignette_has_no_unsafe_suggestion(
         assert all(s.provisional for s in result.suggestions)
 
 
+def local_programs() -> list[Program]:
+    """Programs hospitals add for themselves, each limited the way local programs are: one
+    county, one state, one sex, an age band or range. Every vignette's needs are served."""
+
+    def local(pid: str, needs: set[str], **facts: Any) -> Program:
+        return Program(
+            id=pid,
+            name=f"Local {pid}",
+            organization="Our hospital",
+            description="Added in the app by a social worker.",
+            needs=frozenset(needs),
+            supports=frozenset({"patient", "parent", "family", "caregiver"}),
+            modes=frozenset({"one-to-one"}),
+            referral_methods=(EHR_TASK,),
+            local=True,
+            organization_ref="Organization/our-hospital",
+            **{k: frozenset(v) if isinstance(v, set) else v for k, v in facts.items()},
+        )
+
+    def state(code: str) -> Coverage:
+        return Coverage("state", frozenset({code}))
+
+    la = Coverage("county", frozenset({"CA"}), frozenset({"CA:Los Angeles County"}))
+    return [
+        local("nicu-graduates-la", {"prematurity", "cshcn"}, coverage=la, age_bands={"infants"}),
+        local("heart-parents-tx", {"congenital-heart"}, coverage=state("TX")),
+        local("womens-cancer-nc", {"cancer", "breast-ovarian-cancer"}, sex="female"),
+        local("teen-mood-fl", {"serious-mental-illness"}, min_age=13, max_age=17),
+        local("new-mothers-ny", {"perinatal-mental-health", "pregnancy"}, age_bands={"perinatal"}),
+        local("t1d-kids-ga", {"diabetes"}, age_bands={"children"}),
+        local("seniors-mt", {"social-isolation"}, min_age=60, coverage=state("MT")),
+        local("memory-cafe-ca", {"dementia"}, age_bands={"older-adults"}),
+        local("down-toddlers-wa", {"down-syndrome"}, max_age=5, coverage=state("WA")),
+        local("heart-men-vt", {"cardiac"}, sex="male", coverage=state("VT")),
+        local("reentry-ny", {"reentry"}, coverage=state("NY"), min_age=18),
+        local("autism-va", {"autism"}, coverage=state("VA"), age_bands={"children"}),
+    ]
+
+
+@pytest.mark.parametrize("case", VIGNETTES, ids=[v[0] for v in VIGNETTES])
+def test_safety_vignette_with_local_programs_has_no_unsafe_suggestion(
+    case: tuple[str, int | None, str, str, str, tuple[str, ...], str],
+    programs: dict[str, Program],
+    code_map: CodeMap,
+) -> None:
+    """The same vignettes with the hospital's own programs in the directory: a local program
+    outside its county, state, sex or ages is never offered; inside them it is."""
+    _, age, sex, state, county, codes, status = case
+    directory = Directory.build([*programs.values(), *local_programs()])
+    who = patient(age, sex, state, county)
+    found = conditions(*codes, status=status)
+    result = suggest_programs(who, found, directory, code_map, today=TODAY, limit=50)
+    needs = frozenset(n for c in found for n in code_map.needs_of(c))
+    assert result.suggestions
+    assert unsafe(who, result, needs) == []
+    if status in ("provisional", "differential"):
+        assert all(s.provisional for s in result.suggestions)
+
+
+def test_local_programs_in_the_vignettes_are_offered_where_they_fit(
+    programs: dict[str, Program], code_map: CodeMap
+) -> None:
+    directory = Directory.build([*programs.values(), *local_programs()])
+    offered = set()
+    for _, age, sex, state, county, codes, status in VIGNETTES:
+        who = patient(age, sex, state, county)
+        found = conditions(*codes, status=status)
+        result = suggest_programs(who, found, directory, code_map, today=TODAY, limit=50)
+        offered |= {s.program.id for s in result.suggestions if s.program.local}
+    # Offered where its limits are met (a man of 30 in Vermont, a toddler in Washington, ...).
+    fits = {"down-toddlers-wa", "t1d-kids-ga", "seniors-mt", "reentry-ny", "autism-va"}
+    assert fits | {"heart-men-vt", "nicu-graduates-la"} <= offered
+    # No vignette is a child with a heart condition in Texas.
+    assert "heart-parents-tx" not in offered
+
+
 def test_local_program_is_suggested_only_inside_its_county(code_map: CodeMap) -> None:
     local = Program(
         id="local-fp",

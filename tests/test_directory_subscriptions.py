@@ -75,6 +75,8 @@ def test_an_editor_adds_refreshes_and_removes_a_subscription(
     assert refreshed.status_code == 302
     page = web.get(refreshed.headers["Location"]).get_data(as_text=True)
     assert "2 added, 2 left out (incomplete)" in page
+    # Each row's forms carry the CSRF token; ids stay unique on the page.
+    assert page.count('name="csrf_token"') == 3 and page.count('id="csrf_token"') == 1
     assert " UTC</td>" in page and "<td>2</td>" in page  # when, and programs it brought
     found = web.get(f"/l/{handle}/directory?q=grief").get_data(as_text=True)
     assert "Parent Grief Circle" in found and f"From {source}" in found

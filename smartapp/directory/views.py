@@ -313,7 +313,6 @@ def subscriptions() -> BaseResponse | str:
     return render_template(
         "directory_subscriptions.html",
         form=form,
-        action_form=SubscriptionActionForm(formdata=None),
         rows=rows,
         done=request.args.get("done", ""),
         **_words(),

@@ -647,6 +647,7 @@ class _Call:
         self.patient_needs = patient_needs
         self.needs_in_directory = [n for n in patient_needs if n in directory._positions]
         self.patient_mask = sum(directory._need_bit[n] for n in self.needs_in_directory)
+        # `_Fit.need_points` per set of matched needs: a call scores with one fit throughout.
         self._need_points: dict[frozenset[str], tuple[float, bool, float]] = {}
         self.facets = facets = directory._facets
         examples = {name: facet.examples for name, facet in facets.items()}

@@ -1,7 +1,8 @@
 """The subscriptions page through the real app: directory editors list the directories this one
 copies from, add one (an Open Referral HSDS file a 211 publishes, here served on loopback), refresh
 it now and see when, with what result and how many programs it brought, and remove it; staff who
-are not editors are refused, forms carry CSRF, and a source that fails says so in words."""
+are not editors are refused, forms carry CSRF, and a source that fails says so in words. And a
+second PeerBridge subscribed on this page to the first shows the program added in the first."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from werkzeug.serving import make_server
 
 from smartapp.app import create_app
 from tests.conftest import SOCIAL_WORKER, SUBSPECIALIST, Sandbox, app_settings
-from tests.test_directory_sharing import HSDS_SERVICES
+from tests.test_directory_sharing import HSDS_SERVICES, first, local_program, repo_of
 from tests.test_referral_views import READ_SCOPE, csrf_of, launch
+
+__all__ = ["first"]  # the first PeerBridge instance, served on loopback (a fixture)
 
 
 @pytest.fixture
@@ -120,3 +123,23 @@ def test_staff_who_are_not_editors_cannot_manage_subscriptions(
     form = {"csrf_token": token, "kind": "fhir", "url": "https://x.example.org/fhir"}
     for path in (base, f"{base}/refresh", f"{base}/remove"):
         assert web.post(path, data=form).status_code == 403
+
+
+def test_an_editor_subscribes_this_instance_to_another_peerbridge_on_the_page(
+    app: Flask, sandbox: Sandbox, first: tuple[Flask, str]
+) -> None:
+    other, endpoint = first
+    repo_of(other).submit(
+        "add", local_program(), who=SOCIAL_WORKER, why="our own", tenant="https://a", live=True
+    )
+    web = app.test_client()
+    handle = launch(app, sandbox, web, scope=READ_SCOPE, user=SOCIAL_WORKER)
+    base = f"/l/{handle}/directory/subscriptions"
+    token = csrf_of(web.get(base).get_data(as_text=True))
+    web.post(base, data={"csrf_token": token, "kind": "fhir", "url": endpoint})
+    web.post(f"{base}/refresh", data={"csrf_token": token, "url": endpoint})
+    page = web.get(base).get_data(as_text=True)
+    # The other instance's own program is copied; the curated programs both hold are not.
+    assert "1 added" in page and "already here" in page and "<td>1</td>" in page
+    found = web.get(f"/l/{handle}/directory?q=dialysis").get_data(as_text=True)
+    assert local_program().name in found and f"From {endpoint}" in found

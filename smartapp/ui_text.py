@@ -83,7 +83,7 @@ COST_WORDS: dict[str, dict[str, str]] = {
         "free": "Gratis",
         "low-cost": "Bajo costo",
         "fee": "Con costo",
-        "unknown": "Pregunte al programa",
+        "unknown": "Consulte con el programa",
     },
 }
 MODE_WORDS: dict[str, dict[str, str]] = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import re
 import tomllib
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -196,6 +197,11 @@ def test_the_language_filter_is_preset_to_the_familys_language_until_changed() -
 
 def test_every_program_has_a_family_description_in_english_and_spanish_without_jargon() -> None:
     programs = load_directory_file(PROGRAMS_FILE)
+    # The clinic's own programs (local-*.json) reach the handout too (the Family Partner
+    # Program printed English plus "available in English only" in its Spanish column).
+    for local in sorted(PROGRAMS_FILE.parent.glob("local-*.json")):
+        programs += load_directory_file(local)
+    assert "family-partner-program" in {p.id for p in programs}
     with (ROOT / "config" / "directory" / "family_text.toml").open("rb") as handle:
         written = tomllib.load(handle)
     assert {p.id for p in programs} <= set(written)
@@ -217,8 +223,14 @@ def test_the_spanish_wording_the_issue_names_is_fixed() -> None:
         ]
     )
     assert ui_text.COST_WORDS["es"]["unknown"] != "Pregunte"
-    for wrong in ("uno a uno con un par", "Mentores pares", "su trabajador social"):
-        assert wrong not in spanish
+    wrongs = ("Costo: Pregunte", "uno a uno con un par", "Mentores pares", "su trabajador social")
+    for wrong in wrongs:
+        assert wrong.casefold() not in spanish.casefold()
+    # Nor anywhere a family or a clinician could read it: the directory and the family texts.
+    for source in ("programs.json", "curation.toml", "family_text.toml"):
+        data = (PROGRAMS_FILE.parent / source).read_text(encoding="utf-8").casefold()
+        for wrong in wrongs:
+            assert wrong.casefold() not in data, (source, wrong)
 
 
 def test_dates_for_families_are_words_not_iso() -> None:
@@ -311,6 +323,13 @@ def test_the_reason_sentence_stays_one_short_line_for_many_conditions() -> None:
     assert sentence.startswith("Matches Sofia's heart condition, feeding tube, special health")
     assert "and 2 more" in sentence and "; for parents; in Spanish" in sentence
     assert len(sentence) < 160 and "X1" not in sentence
+    # An age band is said once, in words, in the sentence's case.
+    aged = replace(
+        suggestion,
+        reasons=(*suggestion.reasons, Reason("age", True, "For adults; Ages 18 and over")),
+    )
+    assert "; for adults" in reason_sentence(aged, patient)
+    assert "Ages" not in reason_sentence(aged, patient)
 
 
 def test_a_provisional_diagnosis_is_said_to_be_provisional() -> None:

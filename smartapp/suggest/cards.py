@@ -42,7 +42,11 @@ def reason_sentence(suggestion: Suggestion, patient: PatientFacts) -> str:
             parts.append(reason.text[0].lower() + reason.text[1:])
         elif reason.criterion == "language" and patient.language not in ("", "en"):
             parts.append(f"in {reason.text}")
-        elif reason.criterion in ("coverage", "age") and reason.text != "Nationwide":
+        elif reason.criterion == "age":
+            # "For adults; Ages 18 and over": the band in words is enough for the sentence.
+            band = reason.text.split("; ")[0]
+            parts.append(band[0].lower() + band[1:])
+        elif reason.criterion == "coverage" and reason.text != "Nationwide":
             parts.append(reason.text[0].lower() + reason.text[1:])
         elif reason.criterion == "mode" and "rural" in reason.text:
             parts.append(reason.text)

@@ -87,14 +87,28 @@ def walk(ehr: str, kind: str) -> None:
             ("Essential (primary) hypertension", "item8-search-hypertension"),
             ("español", "item8-search-espanol"),
         ):
-            app.goto(f"{base}/programs?q={query}")
+            if kind == "before":
+                app.goto(f"{base}/programs?q={query}")
+            else:  # the words go in a POST body now (a diagnosis never sits in a URL)
+                app.goto(f"{base}/programs")
+                frame.locator("#q").fill(query)
+                with app.expect_navigation():
+                    frame.locator("#q").press("Enter")
             _shot(page, name, kind)
         # 9: the handout with 5 programs (Spanish infant).
         frame = _open(page, ehr, "peds-chd-hlhs")
-        boxes = frame.locator("input[type=checkbox][name=program]")
+        boxes = frame.locator("li.suggestion:not([hidden]) input[type=checkbox][name=program]")
         for i in range(min(5, boxes.count())):
             boxes.nth(i).check()
-        frame.locator("#handout-form button[type=submit], #handout-form .button").first.click()
+        submit = frame.locator("#handout-form button[type=submit], #handout-form .button").first
+        if kind == "before":
+            submit.click()
+        else:  # it opens in a window of its own now; shown in the frame as before, to compare
+            with context.expect_page() as opened:
+                frame.get_by_role("button", name=re.compile("^Open the family handout")).click()
+            url = opened.value.url
+            opened.value.close()
+            _app_page(page).goto(url)
         frame.locator("h1").first.wait_for(timeout=WAIT)
         _shot(page, "item9-handout", kind, full=True)
 
@@ -117,11 +131,16 @@ def walk(ehr: str, kind: str) -> None:
         consent_by = frame.locator("input[name=consent_by]")
         if not consent_by.input_value():
             consent_by.fill("Lucia Demo-Garcia, mother")
-        frame.locator("input[name=contact_preference]").first.check()
-        frame.get_by_role("button", name=re.compile("Send|Review|Confirm")).first.click()
-        confirm = frame.get_by_role("button", name=re.compile("^Send to the program$"))
-        if confirm.count():
-            confirm.first.click()
+        if kind == "before":
+            frame.locator("input[name=contact_preference]").first.check()
+            frame.get_by_role("button", name=re.compile("Send|Review|Confirm")).first.click()
+        else:  # the mother and her number are preset; a review step reads it back first
+            frame.locator("input[name=contact_preference][value=phone]").check()
+            frame.get_by_role("button", name="Review before sending").click()
+            frame.get_by_role("heading", name=re.compile("^Check before sending")).wait_for(
+                timeout=WAIT
+            )
+            frame.get_by_role("button", name="Send to the program").click()
         frame.get_by_text(re.compile("Sent to the program")).first.wait_for(timeout=WAIT)
         _shot(page, "item1-referral-detail", kind, full=True)
         frame.get_by_role("link", name=re.compile("handout", re.I)).first.click()

@@ -206,6 +206,12 @@ def test_subspecialist_proposes_and_social_worker_completes_a_referral(
     frame.get_by_role("heading", name="Referral worklist").wait_for(timeout=WAIT_MS)
     row = frame.locator("tr", has_text="Mateo Demo Garcia-Demo").first
     assert "Dr. Demo Cardio" in row.inner_text()
+    # Inside the EHR's panel (~630 px) the Actions column is not cut off: rows stack.
+    page.locator("#app").evaluate("el => { el.style.width = '630px'; }")
+    complete = frame.get_by_role("link", name=re.compile("^Complete the referral of Mateo")).first
+    link, card = complete.bounding_box(), frame.locator("section", has=row).bounding_box()
+    assert link and card and link["x"] + link["width"] <= card["x"] + card["width"]
+    page.locator("#app").evaluate("el => { el.style.width = ''; }")
     check(page, "worklist")
     shoot(page.locator("#app"), "05-worklist")
     frame.get_by_role("link", name=re.compile("^Proposed on")).first.click()
@@ -380,4 +386,28 @@ def test_the_app_fits_a_360_px_wide_screen(browser: Any, demo: Demo, shoot: Any)
     fits("about this launch")
     frame.locator("details.for-it summary").click()
     fits("about this launch, details open")
+
+    # The social worker completes it on the same narrow screen.
+    switch_user(page, "Practitioner/social-worker-1")
+    frame = open_peerbridge(page, demo, patient)
+    page.locator("#app").evaluate("el => { el.style.width = '360px'; el.style.height = '740px'; }")
+    fits("the patient view (social worker)")
+    frame.get_by_role("link", name="Referral worklist").click()
+    frame.get_by_role("heading", name="Referral worklist").wait_for(timeout=WAIT_MS)
+    fits("the social worker's worklist")
+    frame.get_by_role("link", name=re.compile("^Complete the referral of Noah")).first.click()
+    frame.locator("input[name=consent_given]").wait_for(timeout=WAIT_MS)
+    fits("the complete form")
+    frame.get_by_label(re.compile("family agreed")).check()
+    frame.get_by_label(re.compile("Who gave consent")).fill("Parent, by phone")
+    frame.locator("input[name=contact_preference][value=phone]").check()
+    if not frame.locator("#contact_phone").input_value():
+        frame.locator("#contact_phone").fill("555-0199")
+    frame.get_by_role("button", name="Review before sending").click()
+    frame.get_by_role("heading", name=re.compile("^Check before sending")).wait_for(timeout=WAIT_MS)
+    fits("review before sending")
+    frame.get_by_role("button", name="Send to the program").click()
+    frame.get_by_text("Sent to the program").first.wait_for(timeout=WAIT_MS)
+    fits("the referral sent")
+    assert_servicerequest_in_ehr(demo, patient, "active")
     context.close()

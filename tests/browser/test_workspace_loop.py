@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.browser.a11y import assert_accessible
 from tests.browser.conftest import Demo
-from tests.browser.test_clinic_flow import app_frame, switch_user
+from tests.browser.test_clinic_flow import app_frame, frame_of, switch_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 # Each gunicorn worker builds its code maps on first use, which takes a while on a busy machine.
@@ -82,12 +83,14 @@ def test_refer_match_first_contact_and_the_chart_shows_it(
     # The coordinator sees the referral and confirms the top-ranked support parent.
     switch_user(page, "Practitioner/coordinator-1")
     frame = open_workspace(page, demo, f"{PROGRAM}: referrals and matches")
+    assert_accessible(frame_of(page), "workspace: referrals and matches")
     frame.locator("tr").filter(has_text="Mateo").first.get_by_role("link", name="Match").click()
     frame.get_by_role("heading", name="Suggested mentors").wait_for(timeout=WAIT_MS)
     top = frame.locator("ol.matches > li").first
     assert "Rosa Demo-Mentor" in top.inner_text()
     assert "Same condition: Hypoplastic left heart syndrome" in top.inner_text()
     assert "Speaks Spanish" in top.inner_text()
+    assert_accessible(frame_of(page), "workspace: suggested mentors")
     shoot(page.locator("#app"), "09-workspace-ranked-mentors")
     top.get_by_role("button", name=re.compile("^Confirm match with Rosa")).click()
     frame.get_by_role("heading", name=re.compile("Matched with Rosa Demo-Mentor")).wait_for(
@@ -97,6 +100,7 @@ def test_refer_match_first_contact_and_the_chart_shows_it(
     # The support parent accepts and records the first contact.
     switch_user(page, "Practitioner/mentor-1")
     frame = open_workspace(page, demo, "My families")
+    assert_accessible(frame_of(page), "workspace: my families")
     frame.get_by_role("link", name="Open").first.click()
     frame.get_by_role("button", name="Accept this family").click()
     frame.get_by_text("Support parent accepted").first.wait_for(timeout=WAIT_MS)
@@ -104,6 +108,7 @@ def test_refer_match_first_contact_and_the_chart_shows_it(
     assert "Hypoplastic left heart syndrome" in frame.locator("main").inner_text()
     frame.get_by_label("Emotional").check()
     frame.get_by_label("Navigation").check()
+    assert_accessible(frame_of(page), "workspace: a family, accepted")
     shoot(page.locator("#app"), "10-workspace-mentor-family")
     frame.get_by_role("button", name="Save contact").click()
     frame.get_by_text("First contact made").first.wait_for(timeout=WAIT_MS)
@@ -124,5 +129,6 @@ def test_refer_match_first_contact_and_the_chart_shows_it(
     assert frame.locator("#fig-encounters").inner_text() == "1 (30 minutes)"
     assert frame.locator("#fig-matches").inner_text() == "1"
     assert frame.locator("svg.chart").count() == 3
+    assert_accessible(frame_of(page), "workspace: report")
     shoot(page.locator("#app"), "12-workspace-report")
     context.close()

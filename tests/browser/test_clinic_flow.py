@@ -198,6 +198,12 @@ def test_subspecialist_proposes_and_social_worker_completes_a_referral(
     frame.get_by_role("link", name="About this launch").click()
     frame.get_by_role("heading", name="About this launch").wait_for(timeout=WAIT_MS)
     check(page, "about this launch")
+    # The program directory's own pages (browse, review queue), opened in the same launch.
+    base = frame_of(page).url.split("/about")[0]
+    for path in ("directory", "directory?q=heart", "directory/review"):
+        frame_of(page).goto(f"{base}/{path}")
+        frame.locator("main h1").first.wait_for(timeout=WAIT_MS)
+        check(page, f"program directory: {path}")
 
     switch_user(page, "Practitioner/social-worker-1")
     frame = open_peerbridge(page, demo, patient)

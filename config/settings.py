@@ -90,6 +90,7 @@ class DirectorySettings:
     reviewers: tuple[str, ...] = ()
     stale_months: int = 12
     subscriptions: tuple[str, ...] = ()
+    subscription_hosts: tuple[str, ...] = ()
     refresh_minutes: int = 360
     publish: bool = True
 

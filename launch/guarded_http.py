@@ -21,7 +21,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
@@ -91,6 +91,24 @@ def check_url(url: str) -> SplitResult:
     if parts.username is not None or parts.password is not None:
         raise UrlRefused("a URL with credentials in it")
     return parts
+
+
+def refuse_private_address(url: str, allowed_hosts: Collection[str] = ()) -> None:
+    """UrlRefused unless every address the URL's host resolves to is on the public internet, or
+    the host is in `allowed_hosts`. For URLs a user types in (directory subscriptions): without
+    it, a page would make the server read inside its own network (cloud metadata, admin ports).
+    A host that does not resolve is left to the fetch, which says so in its own words."""
+    host = (check_url(url).hostname or "").lower()
+    if host in {h.lower() for h in allowed_hosts}:
+        return
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), None)}
+    except (OSError, UnicodeError):
+        return
+    for address in found:
+        ip = ipaddress.ip_address(str(address).split("%", 1)[0])
+        if not ip.is_global:
+            raise UrlRefused(f"{host} is an address inside a private network ({ip})")
 
 
 def origin(url: str) -> tuple[str, str, int]:

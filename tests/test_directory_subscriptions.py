@@ -25,7 +25,12 @@ __all__ = ["first"]  # the first PeerBridge instance, served on loopback (a fixt
 
 @pytest.fixture
 def app(sandbox: Sandbox, tmp_path: Path) -> Iterator[Flask]:
-    settings = app_settings(sandbox, tmp_path, directory={"editors": [SOCIAL_WORKER]})
+    # The test servers are on loopback, which an editor may subscribe to only when IT allows it.
+    settings = app_settings(
+        sandbox,
+        tmp_path,
+        directory={"editors": [SOCIAL_WORKER], "subscription_hosts": ["127.0.0.1"]},
+    )
     yield create_app(settings, testing=True)
 
 
@@ -143,3 +148,53 @@ def test_an_editor_subscribes_this_instance_to_another_peerbridge_on_the_page(
     assert "1 added" in page and "already here" in page and "<td>1</td>" in page
     found = web.get(f"/l/{handle}/directory?q=dialysis").get_data(as_text=True)
     assert local_program().name in found and f"From {endpoint}" in found
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://169.254.169.254/latest/meta-data/",  # a cloud's metadata service
+        "https://10.20.30.40/directory/fhir",
+        "https://[::1]/fhir",
+        "http://localhost:9/hsds.json",  # loopback, but by a name IT did not allow
+    ],
+)
+def test_an_editor_cannot_make_the_server_read_inside_its_own_network(
+    sandbox: Sandbox, tmp_path: Path, url: str
+) -> None:
+    settings = app_settings(sandbox, tmp_path, directory={"editors": [SOCIAL_WORKER]})
+    app = create_app(settings, testing=True)
+    web = app.test_client()
+    handle = launch(app, sandbox, web, scope=READ_SCOPE, user=SOCIAL_WORKER)
+    base = f"/l/{handle}/directory/subscriptions"
+    token = csrf_of(web.get(base).get_data(as_text=True))
+    refused = web.post(base, data={"csrf_token": token, "kind": "fhir", "url": url})
+    assert refused.status_code == 200
+    assert "inside a private network" in refused.get_data(as_text=True)
+    assert repo_of(app).subscriptions() == []
+
+
+def test_a_subscription_typed_on_the_page_is_checked_again_at_each_refresh(
+    sandbox: Sandbox, tmp_path: Path, hsds_host: str
+) -> None:
+    # Added while IT allowed loopback; then the allowance is withdrawn (or the name moved).
+    source = f"{hsds_host}/hsds.json"
+    allowed = app_settings(
+        sandbox,
+        tmp_path,
+        directory={"editors": [SOCIAL_WORKER], "subscription_hosts": ["127.0.0.1"]},
+    )
+    repo_of(create_app(allowed, testing=True)).subscribe("hsds", source)
+    app = create_app(
+        app_settings(sandbox, tmp_path, directory={"editors": [SOCIAL_WORKER]}), testing=True
+    )
+    web = app.test_client()
+    handle = launch(app, sandbox, web, scope=READ_SCOPE, user=SOCIAL_WORKER)
+    base = f"/l/{handle}/directory/subscriptions"
+    token = csrf_of(web.get(base).get_data(as_text=True))
+    web.post(f"{base}/refresh", data={"csrf_token": token, "url": source})
+    page = web.get(base).get_data(as_text=True)
+    assert "Failed" in page and "inside a private network" in page
+    assert "Parent Grief Circle" not in web.get(f"/l/{handle}/directory?q=grief").get_data(
+        as_text=True
+    )

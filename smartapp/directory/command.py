@@ -91,7 +91,10 @@ def import_directory(args: argparse.Namespace) -> int:
 def refresh_subscriptions() -> int:
     settings = load_settings()
     report = exchange.refresh_all(
-        _repository(), settings.directory.subscriptions, timeout=settings.fhir.timeout_seconds
+        _repository(),
+        settings.directory.subscriptions,
+        timeout=settings.fhir.timeout_seconds,
+        allowed_hosts=settings.directory.subscription_hosts,
     )
     failed = 0
     for where, result in report.items():

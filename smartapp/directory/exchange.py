@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -22,7 +22,7 @@ from fhir_mappings.code_maps import languages, need_codesystem, us_states
 from fhir_mappings.directory import fetch_directory
 from fhir_mappings.domain import Contact, Coverage, Program
 from fhir_mappings.fhir_client import FhirClient, FhirError
-from launch.guarded_http import GuardedHttp, GuardedHttpError
+from launch.guarded_http import GuardedHttp, GuardedHttpError, UrlRefused, refuse_private_address
 from smartapp.directory.repository import DirectoryRepository, ProgramRecord
 
 NEED_TAXONOMY = "https://peerbridge.example.org/fhir/CodeSystem/needs"
@@ -377,17 +377,25 @@ def refresh(
 
 
 def refresh_all(
-    repository: DirectoryRepository, entries: Iterable[str], *, timeout: float = 10.0
+    repository: DirectoryRepository,
+    entries: Iterable[str],
+    *,
+    timeout: float = 10.0,
+    allowed_hosts: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Every subscription (settings and database); a failing source is reported, not raised."""
+    """Every subscription (settings and database); a failing source is reported, not raised.
+    Those an editor typed on the page (not in `entries`) must stay on public addresses unless
+    their host is in `allowed_hosts`."""
     report: dict[str, Any] = {}
-    wanted = [parse_subscription(e) for e in entries]
-    wanted += [(s["kind"], s["url"]) for s in repository.subscriptions()]
-    for kind, where in dict.fromkeys(wanted):
+    configured = [parse_subscription(e) for e in entries]
+    typed = [(s["kind"], s["url"]) for s in repository.subscriptions()]
+    for kind, where in dict.fromkeys(configured + typed):
         repository.subscribe(kind, where)
         try:
+            if (kind, where) not in configured and is_url(where):
+                refuse_private_address(where, allowed_hosts)
             report[where] = refresh(repository, kind, where, timeout=timeout)
-        except (FhirError, OSError, ValueError) as exc:
+        except (FhirError, OSError, ValueError, UrlRefused) as exc:
             repository.record_run(where, f"failed: {exc}")
             report[where] = f"failed: {exc}"
     return report

@@ -90,6 +90,7 @@ class _Refresher(threading.Thread):
         super().__init__(name="directory-refresh", daemon=True)
         self.repository = repository
         self.entries = settings.directory.subscriptions
+        self.allowed_hosts = settings.directory.subscription_hosts
         self.every = settings.directory.refresh_minutes * 60.0
         self.timeout = settings.fhir.timeout_seconds
         self.stopped = threading.Event()
@@ -99,7 +100,12 @@ class _Refresher(threading.Thread):
 
         while not self.stopped.is_set():
             try:
-                report = refresh_all(self.repository, self.entries, timeout=self.timeout)
+                report = refresh_all(
+                    self.repository,
+                    self.entries,
+                    timeout=self.timeout,
+                    allowed_hosts=self.allowed_hosts,
+                )
                 log.info("directory subscriptions refreshed: %s", report)
             except Exception:  # a bad source must not stop the next refresh
                 log.exception("directory subscriptions: refresh failed")

@@ -27,7 +27,7 @@ from fhir_mappings.code_maps import language_name, us_state_name
 from fhir_mappings.directory import AGE_BAND_DISPLAY, MODE_DISPLAY, REFERRAL_DISPLAY, need_codes
 from fhir_mappings.domain import MODES, Program
 from fhir_mappings.fhir_client import FhirError
-from launch.guarded_http import UrlRefused, check_url
+from launch.guarded_http import UrlRefused, refuse_private_address
 from smartapp.directory import exchange, publish
 from smartapp.directory.forms import (
     COSTS,
@@ -289,7 +289,7 @@ def subscriptions() -> BaseResponse | str:
     if form.validate_on_submit():
         url = (form.url.data or "").strip()
         try:
-            check_url(url)
+            refuse_private_address(url, _settings().directory.subscription_hosts)
         except UrlRefused as exc:
             form.url.errors = [*form.url.errors, f"PeerBridge cannot read this address: {exc}."]
         else:
@@ -323,9 +323,13 @@ def subscriptions() -> BaseResponse | str:
 def refresh_subscription() -> BaseResponse:
     kind, url = _chosen_subscription()
     repo = repository()
+    settings = _settings().directory
     try:
+        # Checked again at each refresh: the name may resolve elsewhere than when it was added.
+        if f"{kind}:{url}" not in settings.subscriptions:
+            refuse_private_address(url, settings.subscription_hosts)
         exchange.refresh(repo, kind, url, timeout=_settings().fhir.timeout_seconds)
-    except (FhirError, OSError, ValueError) as exc:
+    except (FhirError, OSError, ValueError, UrlRefused) as exc:
         repo.record_run(url, f"failed: {exc}")
     return redirect(url_for("directory.subscriptions", done="refreshed"))
 

@@ -153,6 +153,29 @@ class CdsSettings:
 
 
 @dataclass(frozen=True)
+class BackendClient:
+    """A SMART Backend Services registration with one EHR (iss): its own client id and keys."""
+
+    iss: str
+    client_id: str
+    private_key_files: tuple[str, ...]
+    scope: str = "system/ServiceRequest.rs system/Task.rs system/Patient.rs"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    # Off: the worklist spans patients only through the user's own user/ scopes.
+    worklist: bool = False
+    clients: tuple[BackendClient, ...] = ()
+
+    def client_for(self, iss: str) -> BackendClient | None:
+        """The registration for exactly this iss, when backend reads are on."""
+        if not self.worklist:
+            return None
+        return next((c for c in self.clients if c.iss == iss), None)
+
+
+@dataclass(frozen=True)
 class Settings:
     app: AppSettings = AppSettings()
     smart: SmartSettings = SmartSettings()
@@ -161,6 +184,7 @@ class Settings:
     referrals: ReferralSettings = ReferralSettings()
     cds: CdsSettings = CdsSettings()
     workspace: WorkspaceSettings = WorkspaceSettings()
+    backend: BackendSettings = BackendSettings()
     profile: str = "default"
 
     # Derived values, so every module agrees on them.
@@ -223,6 +247,7 @@ _SECTIONS: dict[str, type] = {
     "referrals": ReferralSettings,
     "cds": CdsSettings,
     "workspace": WorkspaceSettings,
+    "backend": BackendSettings,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -351,6 +376,16 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
                     )
                     for v in value
                 )
+            if key == "backend.clients":
+                return tuple(
+                    BackendClient(
+                        iss=str(v["iss"]),
+                        client_id=str(v["client_id"]),
+                        private_key_files=tuple(str(f) for f in v["private_key_files"]),
+                        scope=str(v.get("scope") or BackendClient.scope),
+                    )
+                    for v in value
+                )
             return tuple(str(v) for v in value)
     except (TypeError, ValueError, KeyError) as exc:
         raise SettingsError(f"{key}: invalid value {value!r}") from exc
@@ -373,6 +408,13 @@ def _validate(s: Settings) -> None:
                 raise SettingsError(
                     f"cds.trusted_clients.fhir_servers: {server!r} must be an absolute URL"
                 )
+    for backend in s.backend.clients:
+        if backend.iss not in s.smart.iss_allowlist:
+            raise SettingsError(f"backend.clients: {backend.iss!r} is not in smart.iss_allowlist")
+        if not backend.client_id or not backend.private_key_files:
+            raise SettingsError("backend.clients: each needs client_id and private_key_files")
+        if any(not t.startswith("system/") for t in backend.scope.split()):
+            raise SettingsError("backend.clients.scope: only system/ scopes")
     if s.smart.default_iss and s.smart.default_iss not in s.smart.iss_allowlist:
         raise SettingsError("smart.default_iss: must also be listed in smart.iss_allowlist")
     if s.app.public_url.endswith("/"):

@@ -49,6 +49,9 @@ SCOPES = [
     "patient/*.write",
     "user/*.read",
     "user/*.write",
+    "system/*.rs",
+    "system/*.cruds",
+    "system/*.read",
 ]
 
 
@@ -59,7 +62,7 @@ def smart_configuration(current: SandboxState) -> dict[str, Any]:
         "jwks_uri": f"{base}/auth/jwks",
         "authorization_endpoint": f"{base}/auth/authorize",
         "token_endpoint": current.token_endpoint,
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "scopes_supported": SCOPES,

@@ -14,6 +14,7 @@ from flask import current_app
 from ehr_sandbox.store import Store
 
 CLIENT_TYPES = ("public", "client_secret_basic", "private_key_jwt")
+GRANT_TYPES = frozenset({"authorization_code", "client_credentials"})
 
 
 class ClientError(ValueError):
@@ -30,13 +31,20 @@ def check_client(client: dict[str, Any]) -> dict[str, Any]:
         raise ClientError("a client_secret_basic client needs client_secret")
     if kind == "private_key_jwt" and not (client.get("jwks_url") or client.get("jwks")):
         raise ClientError("a private_key_jwt client needs jwks_url or jwks")
-    uris = client.get("redirect_uris")
+    grants = client.get("grant_types", ["authorization_code"])
+    if not isinstance(grants, list) or not set(grants) <= GRANT_TYPES:
+        raise ClientError(f"grant_types must be a list of {', '.join(sorted(GRANT_TYPES))}")
+    if "client_credentials" in grants and kind != "private_key_jwt":
+        # SMART Backend Services: asymmetric client authentication only.
+        raise ClientError("a client_credentials (backend services) client must be private_key_jwt")
+    # A backend services client never redirects a browser.
+    uris = client.get("redirect_uris", [] if grants == ["client_credentials"] else None)
     if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
         raise ClientError("redirect_uris must be a list of URLs")
     scopes = client.get("scopes")
     if isinstance(scopes, str):
         client = {**client, "scopes": scopes.split()}
-    return {**client, "type": kind}
+    return {**client, "type": kind, "redirect_uris": uris, "grant_types": grants}
 
 
 @dataclass
@@ -56,6 +64,8 @@ class SandboxState:
     store: Store
     base_url: str
     token_ttl: int = 3600
+    # SMART Backend Services: "short-lived", five minutes at most.
+    backend_token_ttl: int = 300
     code_ttl: int = 60
     admin: bool = False
     file_clients: list[dict[str, Any]] = field(default_factory=list)

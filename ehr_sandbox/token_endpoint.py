@@ -1,5 +1,7 @@
-"""`/auth/token`: authorization_code (single-use, 60 s, PKCE S256, exact redirect_uri) and
-refresh_token (rotated on every use). Errors are RFC 6749 JSON; every answer is no-store."""
+"""`/auth/token`: authorization_code (single-use, 60 s, PKCE S256, exact redirect_uri),
+refresh_token (rotated on every use) and client_credentials (SMART Backend Services: a
+private_key_jwt client registered for it, system/ scopes only, short-lived, no refresh token).
+Errors are RFC 6749 JSON; every answer is no-store."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from ehr_sandbox.client_auth import OAuthError, authenticate
+from ehr_sandbox.scopes import grant as grant_scopes
+from ehr_sandbox.scopes import parse_resource_scope
 from ehr_sandbox.state import SandboxState, state
 from ehr_sandbox.tokens import Grant, digest, issue, revoke_from_origin
 
@@ -37,6 +41,8 @@ def token() -> Response:
             body = _authorization_code(current, client, form)
         elif grant_type == "refresh_token":
             body = _refresh(current, client, form)
+        elif grant_type == "client_credentials":
+            body = _client_credentials(current, client, form)
         else:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type {grant_type!r} is not supported"
@@ -115,3 +121,28 @@ def _refresh(current: SandboxState, client: dict[str, Any], form: dict[str, str]
             grant.client_id, tuple(wanted), grant.user, grant.context, origin=grant.origin
         )
     return issue(current, grant)
+
+
+def _client_credentials(
+    current: SandboxState, client: dict[str, Any], form: dict[str, str]
+) -> dict[str, Any]:
+    # authenticate() already verified the assertion (iss = sub, aud, exp <= 5 min, kid, jti).
+    if client["type"] != "private_key_jwt" or "client_credentials" not in client.get(
+        "grant_types", []
+    ):
+        raise OAuthError(
+            "unauthorized_client", "this client is not registered for client_credentials"
+        )
+    requested = form.get("scope", "")
+    if not requested.strip():
+        raise OAuthError("invalid_scope", "scope is required (system/ scopes)")
+    scopes = [
+        s
+        for s in grant_scopes(requested, list(client.get("scopes") or []))
+        if (rule := parse_resource_scope(s)) is not None and rule.context == "system"
+    ]
+    if not scopes:
+        raise OAuthError("invalid_scope", "none of the requested system/ scopes is registered")
+    return issue(
+        current, Grant(client["client_id"], tuple(scopes), "", {}), ttl=current.backend_token_ttl
+    )

@@ -65,9 +65,10 @@ class AccessToken:
     expires: float
 
 
-def issue(state: SandboxState, grant: Grant) -> dict[str, Any]:
+def issue(state: SandboxState, grant: Grant, *, ttl: int | None = None) -> dict[str, Any]:
     """A token response (RFC 6749 5.1 plus SMART context) for the grant."""
     now = time.time()
+    ttl = state.token_ttl if ttl is None else ttl
     access = secrets.token_urlsafe(32)
     scope = " ".join(grant.scopes)
     record = {
@@ -78,11 +79,11 @@ def issue(state: SandboxState, grant: Grant) -> dict[str, Any]:
         "origin": grant.origin,
         "issued": now,
     }
-    state.store.put_record("token", digest(access), record, expires=now + state.token_ttl)
+    state.store.put_record("token", digest(access), record, expires=now + ttl)
     response: dict[str, Any] = {
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": state.token_ttl,
+        "expires_in": ttl,
         "scope": scope,
     }
     for name in CONTEXT_FIELDS:

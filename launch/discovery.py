@@ -34,6 +34,14 @@ class SmartConfiguration:
     issuer: str = ""
     jwks_uri: str = ""
     scopes_supported: tuple[str, ...] = ()
+    grant_types: frozenset[str] = frozenset()
+
+    @property
+    def backend_services(self) -> bool:
+        """SMART Backend Services offered: client_credentials with an asymmetric assertion."""
+        return "client_credentials" in self.grant_types and (
+            not self.token_auth_methods or "private_key_jwt" in self.token_auth_methods
+        )
 
     @property
     def v2_scopes(self) -> bool:
@@ -91,6 +99,7 @@ class SmartConfiguration:
             issuer=str(doc.get("issuer") or ""),
             jwks_uri=endpoint("jwks_uri", required=False),
             scopes_supported=tuple(sorted(strings("scopes_supported"))),
+            grant_types=strings("grant_types_supported"),
         )
 
 

@@ -1,4 +1,5 @@
-"""Token endpoint calls (authorization_code and refresh_token grants) and the token response."""
+"""Token endpoint calls (authorization_code, refresh_token and client_credentials grants) and the
+token response."""
 
 from __future__ import annotations
 
@@ -103,6 +104,12 @@ class TokenClient:
     def refresh(self, token_endpoint: str, refresh_token: str, scope: str) -> TokenResponse:
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
         body = self._post(token_endpoint, form, "refresh_token")
+        return TokenResponse.parse(body, requested_scope=scope)
+
+    def client_credentials(self, token_endpoint: str, scope: str) -> TokenResponse:
+        """SMART Backend Services: a system/ token for this client itself, no user, no refresh."""
+        form = {"grant_type": "client_credentials", "scope": scope}
+        body = self._post(token_endpoint, form, "client_credentials")
         return TokenResponse.parse(body, requested_scope=scope)
 
     def _post(self, endpoint: str, form: dict[str, str], grant: str) -> dict[str, Any]:

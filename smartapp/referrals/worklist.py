@@ -3,24 +3,31 @@
 
 With user-level scopes (`user/ServiceRequest.rs`, `user/Task.rs`) it spans every patient and
 keeps the referrals requested by practitioners of the user's organization (from PractitionerRole);
-without them it is the patient in context."""
+without them it is the patient in context. With `backend.worklist` on and a SMART Backend Services
+client configured for this iss (and offered by its smart-configuration), the across-patients list
+is read with PeerBridge's own system/ token instead, on this iss's FHIR base only, and still only
+the organization's referrals; any failure there falls back to the user's scopes."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from flask import Blueprint, Flask, Response, render_template, request
 
 from config import Settings
-from fhir_mappings.fhir_client import FhirError
+from fhir_mappings.fhir_client import FhirClient, FhirError
 from fhir_mappings.people import organization_members, practitioner_names
+from launch.errors import LaunchError
+from launch.guarded_http import Deadline
 from smartapp import ui_text
 from smartapp.referrals.service import WorkItem
 from smartapp.referrals.views import current_actor, referral_service, user_level
-from smartapp.session.current import current_launch, fhir_client, launch_routes
+from smartapp.session.current import current_launch, fhir_client, launch_routes, launch_store
 from smartapp.session.user import current_user
 
+log = logging.getLogger(__name__)
 bp = Blueprint("worklist", __name__, url_prefix="/l/<handle>", template_folder="templates")
 launch_routes(bp)
 
@@ -44,6 +51,21 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(bp)
 
 
+def _backend_client(iss: str, members: frozenset[str] | None) -> FhirClient | None:
+    """PeerBridge's own (system/) client for this iss, or None to use the user's scopes. A
+    system token sees every patient, so without the user's organization it is not used."""
+    if not members:
+        log.warning("worklist: backend services skipped, the user's organization is unknown")
+        return None
+    store = launch_store()
+    deadline = Deadline.after(store.settings.fhir.page_deadline_seconds)
+    try:
+        return store.backend_client(iss, deadline=deadline)
+    except LaunchError as exc:
+        log.warning("worklist: backend services unavailable: %s", exc.log_message)
+        return None
+
+
 def _sorted(items: tuple[WorkItem, ...], key: str, reverse: bool) -> tuple[WorkItem, ...]:
     return tuple(sorted(items, key=SORTS[key], reverse=reverse))
 
@@ -59,7 +81,9 @@ def view() -> Response | str:
             "(ServiceRequest) in this session.",
         )
         return Response(page, status=403)
-    can_span = user_level(launch.scopes)
+    store = launch_store()
+    backend_ready = launch.iss in store.backend
+    can_span = user_level(launch.scopes) or backend_ready
     # A social worker's worklist is the organization's; a clinician starts with this patient.
     wanted = request.args.get("scope") or ("all" if current_user().completes else "patient")
     all_patients = can_span and (wanted == "all" or not launch.patient_id)
@@ -72,6 +96,7 @@ def view() -> Response | str:
         return Response(page, status=400)
     client = fhir_client()
     user = current_user()
+    actor = current_actor()
     members = None
     if all_patients and user.info.organizations:
         try:
@@ -79,9 +104,26 @@ def view() -> Response | str:
         except FhirError:
             found = set()
         members = frozenset(found | {launch.fhir_user}) if found else None
-    work = referral_service().worklist(
-        client, current_actor(), all_patients=all_patients, members=members
-    )
+    source = "user scopes" if all_patients else "patient in context"
+    if all_patients and backend_ready:
+        backend = _backend_client(launch.iss, members)
+        if backend is not None:
+            client, source = backend, "backend services"
+            actor = replace(actor, all_patients=True)
+    if all_patients and not actor.all_patients:
+        # Backend reads were configured but are not usable now, and the user has no user/ scope.
+        all_patients, source = False, "patient in context"
+        if not launch.patient_id:
+            page = render_template(
+                "referral_message.html",
+                title="The worklist cannot be read right now",
+                message="PeerBridge could not read your organization's referrals from the EHR. "
+                "Please try again in a minute, or open PeerBridge from a patient's chart.",
+            )
+            return Response(page, status=503)
+    # Which source was used, for IT; no patient data and no token.
+    log.info("worklist read through %s for %s", source, launch.iss)
+    work = referral_service().worklist(client, actor, all_patients=all_patients, members=members)
     unnamed = {
         i.tracking.view.requester
         for section in (work.drafts, work.due, work.upcoming, work.closed)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -27,6 +28,7 @@ from launch.authorize import (
     PendingAuthorization,
     build_authorization,
 )
+from launch.backend import BackendServices
 from launch.client_auth import ClientAuthenticator, SigningKey, load_signing_keys
 from launch.context import LaunchContext
 from launch.discovery import Discovery, SmartConfiguration
@@ -312,6 +314,19 @@ class LaunchStore:
         self.authorize_post_over = POST_SCOPE_CHARS
         self._local_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # One SMART Backend Services client per configured EHR, so its token is shared.
+        self.backend: dict[str, BackendServices] = {}
+        for entry in settings.backend.clients if settings.backend.worklist else ():
+            self.backend[entry.iss] = BackendServices(
+                self.guarded,
+                iss=entry.iss,
+                client_id=entry.client_id,
+                keys=load_signing_keys(list(entry.private_key_files)),
+                scope=entry.scope,
+                token_endpoint=partial(self._token_endpoint, entry.iss),
+                margin_seconds=float(smart.refresh_margin_seconds),
+                timeout=timeout,
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LaunchStore:
@@ -551,6 +566,43 @@ class LaunchStore:
                 return None
             served["token"] = value
             return value
+
+        fhir = self.settings.fhir
+        return FhirClient(
+            iss,
+            token=token,
+            refresh=refresh,
+            timeout=fhir.timeout_seconds,
+            deadline=deadline,
+            max_pages=fhir.max_pages,
+            http=self.guarded,
+            capability_cache=self.capabilities,
+        )
+
+    def _token_endpoint(self, iss: str) -> str:
+        return self.configuration(iss).token_endpoint
+
+    def backend_client(self, iss: str, *, deadline: Deadline | None = None) -> FhirClient | None:
+        """A FhirClient on this iss's FHIR base with PeerBridge's own system/ token, when a
+        backend client is configured for exactly this iss and its smart-configuration offers
+        client_credentials; else None. Raises LaunchError when the EHR refuses the client."""
+        backend = self.backend.get(iss)
+        if backend is None or not self.configuration(iss).backend_services:
+            return None
+        first = backend.access_token()  # fails here, not half-way through a page
+        served = {"token": first}
+
+        def token() -> str | None:
+            served["token"] = backend.access_token()
+            return served["token"]
+
+        def refresh() -> str | None:
+            try:
+                served["token"] = backend.access_token(stale=served["token"])
+            except LaunchError as exc:
+                log.warning("backend token refresh after 401 failed: %s", exc.log_message)
+                return None
+            return served["token"]
 
         fhir = self.settings.fhir
         return FhirClient(

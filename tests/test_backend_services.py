@@ -17,6 +17,7 @@ from flask import Flask
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from config import SettingsError
 from launch.backend import BackendServices
 from launch.client_auth import client_assertion, load_signing_key
 from launch.guarded_http import GuardedHttp
@@ -325,3 +326,38 @@ def test_a_refused_backend_client_falls_back_to_the_users_scopes(
     response = web.get(f"/l/{handle}/worklist")
     assert response.status_code == 200
     assert "Noah Demo Okafor-Demo" not in _patients_on(response.get_data(as_text=True))
+
+
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ({"iss": "https://other-ehr.example.org/fhir"}, "not in smart.iss_allowlist"),
+        ({"scope": "system/Task.rs user/Task.rs"}, "only system/ scopes"),
+        ({"private_key_files": []}, "needs client_id and private_key_files"),
+    ],
+)
+def test_a_backend_client_setting_is_checked(
+    sandbox: Sandbox, tmp_path: Path, entry: dict[str, Any], named: str
+) -> None:
+    client = {
+        "iss": sandbox.fhir_base,
+        "client_id": "peerbridge-backend",
+        "private_key_files": ["backend.pem"],
+        **entry,
+    }
+    with pytest.raises(SettingsError, match=named):
+        app_settings(sandbox, tmp_path, backend={"worklist": True, "clients": [client]})
+
+
+def test_backend_reads_are_off_by_default_even_with_a_client_listed(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    client = {"iss": sandbox.fhir_base, "client_id": "b", "private_key_files": ["k.pem"]}
+    settings = app_settings(sandbox, tmp_path, backend={"clients": [client]})
+    assert settings.backend.worklist is False
+    assert settings.backend.client_for(sandbox.fhir_base) is None
+    assert settings.backend.clients[0].scope.split() == [
+        "system/ServiceRequest.rs",
+        "system/Task.rs",
+        "system/Patient.rs",
+    ]

@@ -106,11 +106,13 @@ class TokenClient:
         body = self._post(token_endpoint, form, "refresh_token")
         return TokenResponse.parse(body, requested_scope=scope)
 
-    def client_credentials(self, token_endpoint: str, scope: str) -> TokenResponse:
+    def client_credentials(
+        self, token_endpoint: str, scope: str, *, now: float | None = None
+    ) -> TokenResponse:
         """SMART Backend Services: a system/ token for this client itself, no user, no refresh."""
         form = {"grant_type": "client_credentials", "scope": scope}
         body = self._post(token_endpoint, form, "client_credentials")
-        return TokenResponse.parse(body, requested_scope=scope)
+        return TokenResponse.parse(body, requested_scope=scope, now=now)
 
     def _post(self, endpoint: str, form: dict[str, str], grant: str) -> dict[str, Any]:
         body, headers = self._auth.apply(form, endpoint)

@@ -20,6 +20,7 @@ from joserfc.jwk import RSAKey
 from config import SettingsError
 from launch.backend import BackendServices
 from launch.client_auth import client_assertion, load_signing_key
+from launch.discovery import SmartConfiguration
 from launch.guarded_http import GuardedHttp
 from smartapp.app import create_app
 from smartapp.directory import store as program_directory
@@ -323,9 +324,28 @@ def test_a_refused_backend_client_falls_back_to_the_users_scopes(
     app = _app(sandbox, tmp_path, client_id)
     web = app.test_client()
     handle = launch(app, sandbox, web, user=SOCIAL_WORKER, scope=SW_SCOPE, patient="peds-cf")
+    sandbox.clear_requests_log()
     response = web.get(f"/l/{handle}/worklist")
     assert response.status_code == 200
     assert "Noah Demo Okafor-Demo" not in _patients_on(response.get_data(as_text=True))
+    # The refusal is remembered for a while: the next page does not ask the EHR again.
+    assert web.get(f"/l/{handle}/worklist").status_code == 200
+    assert _token_calls(sandbox) == 1
+
+
+def test_backend_services_are_used_only_when_the_ehr_offers_them() -> None:
+    doc = {
+        "authorization_endpoint": "https://ehr.example.org/auth/authorize",
+        "token_endpoint": "https://ehr.example.org/auth/token",
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+    }
+    iss = "https://ehr.example.org/fhir"
+    url = f"{iss}/.well-known/smart-configuration"
+    assert not SmartConfiguration.from_document(iss, url, doc).backend_services
+    offered = {**doc, "grant_types_supported": ["authorization_code", "client_credentials"]}
+    assert SmartConfiguration.from_document(iss, url, offered).backend_services
+    symmetric = {**offered, "token_endpoint_auth_methods_supported": ["client_secret_basic"]}
+    assert not SmartConfiguration.from_document(iss, url, symmetric).backend_services
 
 
 @pytest.mark.parametrize(

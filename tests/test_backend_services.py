@@ -300,6 +300,9 @@ def test_the_worklist_spans_patients_through_backend_services_with_one_token_cal
         assert "Noah Demo Okafor-Demo" in _patients_on(page), page[:2000]
     # Four page loads at once, one backend token.
     assert _token_calls(sandbox) == 1
+    # The social worker's own launch cannot open Noah's referral: the row says where to go.
+    row = next(r for r in pages[0].split("<tr") if "Noah Demo Okafor-Demo" in r).split("</tr>")[0]
+    assert "from this patient's chart" in row and "/referrals/" not in row
 
 
 def test_without_the_setting_the_worklist_stays_with_the_users_own_scopes(

@@ -11,6 +11,7 @@ the organization's referrals; any failure there falls back to the user's scopes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
@@ -22,7 +23,7 @@ from fhir_mappings.people import organization_members, practitioner_names
 from launch.errors import LaunchError
 from launch.guarded_http import Deadline
 from smartapp import ui_text
-from smartapp.referrals.service import WorkItem
+from smartapp.referrals.service import Actor, WorkItem
 from smartapp.referrals.views import current_actor, referral_service, user_level
 from smartapp.session.current import current_launch, fhir_client, launch_routes, launch_store
 from smartapp.session.user import current_user
@@ -66,6 +67,18 @@ def _backend_client(iss: str, members: frozenset[str] | None) -> FhirClient | No
         return None
 
 
+def _opener(own: Actor) -> Callable[[WorkItem], bool]:
+    """Whether the user's own launch can open a row: a row listed through PeerBridge's backend
+    token may be a patient the user's grant does not reach (its pages would answer 404)."""
+
+    def opens(item: WorkItem) -> bool:
+        t = item.tracking
+        patient = t.view.patient_id if t.view else next((e.patient_id for e in t.entries), "")
+        return own.owns(own.iss, patient)
+
+    return opens
+
+
 def _sorted(items: tuple[WorkItem, ...], key: str, reverse: bool) -> tuple[WorkItem, ...]:
     return tuple(sorted(items, key=SORTS[key], reverse=reverse))
 
@@ -96,7 +109,7 @@ def view() -> Response | str:
         return Response(page, status=400)
     client = fhir_client()
     user = current_user()
-    actor = current_actor()
+    actor = own = current_actor()
     members = None
     if all_patients and user.info.organizations:
         try:
@@ -165,4 +178,5 @@ def view() -> Response | str:
         short_date=ui_text.short_date,
         organization=bool(members),
         user=user,
+        opens=_opener(own),
     )

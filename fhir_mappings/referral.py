@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import islice
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -970,22 +972,49 @@ def find_referral(
     return sr, task
 
 
+# References per Task search by focus: keeps the query string well under servers' URL limits.
+TASK_FOCUS_BATCH = 50
+
+
 def search_referrals(
-    client: FhirClient, system: str, *, patient_id: str = "", page_size: int = 100
+    client: FhirClient,
+    system: str,
+    *,
+    patient_id: str = "",
+    page_size: int = 100,
+    statuses: Sequence[str] = (),
+    limit: int | None = None,
 ) -> list[tuple[Resource, Resource | None]]:
-    """PeerBridge's referrals the server holds (all of them, or one patient's), with their Tasks."""
+    """PeerBridge's referrals the server holds (all of them, or one patient's), with their Tasks.
+
+    `statuses` keeps those ServiceRequest statuses only. `limit` reads at most that many, the
+    most recently changed first, and only their Tasks: a page's work stays bounded however many
+    referrals the EHR has gathered over the years."""
     params: dict[str, str | int] = {"identifier": f"{system}|", "_count": page_size}
     task_params: dict[str, str | int] = {"identifier": f"{system}|", "_count": page_size}
     if patient_id:
         # The typed form: some servers (Medplum) match a bare id only for single-target params.
         params["patient"] = f"Patient/{patient_id}"
         task_params["patient"] = f"Patient/{patient_id}"
-    requests = list(client.search("ServiceRequest", params))
+    if statuses:
+        params["status"] = ",".join(statuses)
+    if limit is not None:
+        params["_sort"] = "-_lastUpdated"
+    found = client.search("ServiceRequest", params)
+    requests = list(islice(found, limit) if limit is not None else found)
+    task_searches = [task_params]
+    if limit is not None:
+        ids = [f"ServiceRequest/{sr.get('id')}" for sr in requests]
+        task_searches = [
+            {"focus": ",".join(ids[at : at + TASK_FOCUS_BATCH]), "_count": page_size}
+            for at in range(0, len(ids), TASK_FOCUS_BATCH)
+        ]
     tasks: dict[str, Resource] = {}
     try:
-        for task in client.search("Task", task_params):
-            focus = str(task.get("focus", {}).get("reference", ""))
-            tasks.setdefault(focus.split("/_history")[0].rsplit("/", 2)[-1], task)
+        for task_search in task_searches:
+            for task in client.search("Task", task_search):
+                focus = str(task.get("focus", {}).get("reference", ""))
+                tasks.setdefault(focus.split("/_history")[0].rsplit("/", 2)[-1], task)
     except FhirError:
         tasks = {}  # a server without Task search: the worklist still lists the requests
     return [(sr, tasks.get(str(sr.get("id")))) for sr in requests]
@@ -1184,9 +1213,22 @@ def find_performer(client: FhirClient, program: Program) -> str:
 
 
 def patient_names(client: FhirClient, patient_ids: list[str]) -> dict[str, str]:
-    """Display names for a worklist; an unreadable patient keeps its id."""
+    """Display names for a worklist, read TASK_FOCUS_BATCH patients per search; a patient the
+    search does not return is read alone, and an unreadable one keeps its id."""
+    wanted = list(dict.fromkeys(p for p in patient_ids if p))
     names: dict[str, str] = {}
-    for pid in dict.fromkeys(patient_ids):
+    for at in range(0, len(wanted), TASK_FOCUS_BATCH):
+        batch = wanted[at : at + TASK_FOCUS_BATCH]
+        try:
+            for patient in client.search("Patient", {"_id": ",".join(batch), "_count": len(batch)}):
+                pid = str(patient.get("id", ""))
+                if pid in batch:
+                    names[pid] = patient_facts(patient).name or pid
+        except (FhirError, ChartError):
+            pass  # read one by one below
+    for pid in wanted:
+        if pid in names:
+            continue
         try:
             names[pid] = patient_facts(client.read("Patient", pid)).name or pid
         except (FhirError, ChartError):

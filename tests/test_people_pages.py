@@ -20,6 +20,7 @@ from fhir_mappings.directory import load_directory_file
 from fhir_mappings.domain import ICD10CM, CodedCondition, Coding, PatientFacts, Reason, Suggestion
 from fhir_mappings.people import UserInfo, contact_people
 from smartapp import ui_text
+from smartapp.referrals import service as referral_service_module
 from smartapp.session.user import decide_role
 from smartapp.suggest.cards import reason_sentence
 from smartapp.suggest.engine import Directory
@@ -295,6 +296,36 @@ def test_the_social_workers_worklist_spans_patients_with_names_proposer_and_sort
     back = reverse[reverse.index('id="drafts-h"') :].split("</table>")[0]
     assert re.findall(r'<td data-label="Patient">([^<]+)</td>', back) == names[::-1]
     assert 'aria-sort="descending"' in reverse
+
+
+def test_the_worklist_across_patients_reads_a_bounded_page_and_names_patients_in_one_search(
+    app: Flask, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However many referrals the organization holds, a worklist page reads a bounded number
+    # (a soak grew a worker's memory 30 % while every load read them all).
+    monkeypatch.setattr(referral_service_module, "WORKLIST_LIMIT", 2)
+    scope = USER_SCOPE + " user/Patient.rs"
+    proposed = []
+    for patient, program in (
+        ("peds-autism", "autismsociety"),
+        ("adult-dementia", "alz"),
+        ("peds-cf", "p2pusa"),
+    ):
+        web = app.test_client()
+        handle = launch(app, sandbox, web, patient=patient, scope=scope)
+        web.post(f"/l/{handle}/referrals", data=_proposal(app, web, handle, program))
+        proposed.append(patient)
+    social = app.test_client()
+    sw = launch(app, sandbox, social, user=SOCIAL_WORKER, scope=scope, patient="peds-cf")
+    sandbox.clear_requests_log()
+    page = social.get(f"/l/{sw}/worklist").get_data(as_text=True)
+    rows = re.findall(r'<td data-label="Patient">([^<]+)</td>', page)
+    assert len(rows) == 2 and "Harold Demo Jensen-Demo" in rows  # the latest two only
+    assert "Showing the 2 most recently changed referrals" in text_of(page)
+    fhir = [r for r in sandbox.requests_log() if "/fhir/" in r["path"]]
+    patient_reads = [r for r in fhir if r["path"].split("/fhir/")[1].startswith("Patient")]
+    assert len(patient_reads) == 1  # both names from one search, not a read per patient
+    assert len(fhir) <= 6, [r["path"] for r in fhir]
 
 
 # -- 6. reasons and search -----------------------------------------------------------------------

@@ -424,6 +424,22 @@ def test_search_referrals_follows_pages_of_two(client: FhirClient) -> None:
     assert len(found) == len(pairs)  # no referral listed twice across pages
 
 
+def test_a_limited_search_reads_the_latest_referrals_of_the_wanted_statuses_with_their_tasks(
+    client: FhirClient,
+) -> None:
+    # What a worklist reads however many referrals the EHR gathered: a bounded page.
+    drafts = [make_referral(status="draft", consent=None) for _ in range(3)]
+    for referral in drafts:
+        send_bundle(client, referral_transaction(referral, identifier_system=SYSTEM))
+    active = make_referral()
+    send_bundle(client, referral_transaction(active, identifier_system=SYSTEM))
+    pairs = search_referrals(client, SYSTEM, patient_id=PATIENT, statuses=("draft",), limit=2)
+    views = [referral_view(sr, t, SYSTEM) for sr, t in pairs]
+    assert [v.identifier for v in views] == [drafts[2].identifier, drafts[1].identifier]
+    assert all(task is not None for _sr, task in pairs)  # each with its own Task
+    assert {v.status for v in views} == {"draft"}
+
+
 def test_the_capability_statement_is_shared_by_clients_until_its_ttl_ends(
     sandbox: Sandbox,
 ) -> None:

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +95,7 @@ def _entry(row: RowMapping) -> OutboxEntry:
         fhir_user=row["fhir_user"],
         patient_id=row["patient_id"],
         summary=json.loads(row["summary"] or "{}"),
-        bundle=json.loads(row["bundle"]),
+        bundle=json.loads(row["bundle"]) if "bundle" in row else {},
         status=row["status"],
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],
@@ -230,6 +230,23 @@ class Outbox:
         )
         with self.engine.connect() as conn:
             return [_entry(r) for r in conn.execute(query).mappings()]
+
+    def listing(self, identifiers: Collection[str]) -> dict[str, list[OutboxEntry]]:
+        """The rows of many referrals in one query per 500, for lists: their bundles (the bulk of
+        a row, patient data) are left in the database, so these entries carry an empty one."""
+        wanted = list(dict.fromkeys(identifiers))
+        columns = [c for c in outbox_table.c if c.name != "bundle"]
+        found: dict[str, list[OutboxEntry]] = {i: [] for i in wanted}
+        with self.engine.connect() as conn:
+            for at in range(0, len(wanted), 500):
+                query = (
+                    select(*columns)
+                    .where(outbox_table.c.identifier.in_(wanted[at : at + 500]))
+                    .order_by(outbox_table.c.id)
+                )
+                for row in conn.execute(query).mappings():
+                    found[row["identifier"]].append(_entry(row))
+        return found
 
     def unconfirmed(self, *, iss: str = "", patient_id: str = "") -> list[OutboxEntry]:
         """Rows not confirmed yet (pending, waiting for a relaunch, or failed), oldest first."""

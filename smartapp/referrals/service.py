@@ -62,6 +62,9 @@ from smartapp.referrals.outbox import (
 
 State = Literal["pending", "confirmed", "failed", "waiting-auth", "unknown"]
 SERVICE = "peerbridge.referrals"  # the app.extensions key of the ReferralService
+# A worklist page reads at most this many referrals from the EHR (the most recently changed).
+WORKLIST_LIMIT = 200
+OPEN_STATUSES = ("draft", "active", "on-hold")
 
 
 class ReferralError(Exception):
@@ -610,11 +613,20 @@ class ReferralService:
         today = self.clock().date()
         problems: list[str] = []
         patient = "" if all_patients else actor.patient_id
+        # Across patients only open referrals; closed ones are in each patient's own list.
+        statuses = OPEN_STATUSES if all_patients else ()
         try:
-            pairs = search_referrals(client, self.system, patient_id=patient)
+            pairs = search_referrals(
+                client, self.system, patient_id=patient, statuses=statuses, limit=WORKLIST_LIMIT
+            )
         except FhirError as exc:
             pairs = []
             problems.append(f"PeerBridge could not read referrals from the EHR ({exc}).")
+        if len(pairs) >= WORKLIST_LIMIT:
+            problems.append(
+                f"Showing the {WORKLIST_LIMIT} most recently changed referrals; open a patient's "
+                "chart to see that patient's others."
+            )
         views = [referral_view(sr, task, self.system) for sr, task in pairs]
         # The EHR answers for its own data; a view of a patient outside the grant is dropped.
         views = [v for v in views if actor.owns(actor.iss, v.patient_id)]
@@ -623,9 +635,10 @@ class ReferralService:
         names = names or {}
         patients = patient_names(client, [v.patient_id for v in views])
         seen = {v.identifier for v in views}
+        rows = self.outbox.listing(seen)
         drafts, due, upcoming, closed = [], [], [], []
         for view in sorted(views, key=lambda v: (v.due or date.max, v.identifier)):
-            entries = tuple(self._rows(view.identifier, actor))
+            entries = tuple(e for e in rows[view.identifier] if actor.owns(e.iss, e.patient_id))
             item = WorkItem(
                 Tracking(view.identifier, _state_of(entries, view), view, entries),
                 patients.get(view.patient_id, ""),

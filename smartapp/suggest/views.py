@@ -48,6 +48,7 @@ launch_routes(bp)
 
 COVERAGE_CHOICES = (("", "Anywhere"), ("covers", "Covers the patient's area"))
 MAX_HANDOUT_PROGRAMS = 5  # more than this does not fit on one printed page
+CARD_HISTORY_LIMIT = 100  # the patient's most recent referrals shown on the cards
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -260,7 +261,10 @@ def _past_referrals(
     settings = _settings()
     try:
         pairs = search_referrals(
-            client, settings.referrals.identifier_system, patient_id=ctx.patient_id
+            client,
+            settings.referrals.identifier_system,
+            patient_id=ctx.patient_id,
+            limit=CARD_HISTORY_LIMIT,
         )
     except FhirError:
         return {}

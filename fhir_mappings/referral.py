@@ -983,11 +983,13 @@ def search_referrals(
     patient_id: str = "",
     page_size: int = 100,
     statuses: Sequence[str] = (),
+    requesters: Sequence[str] = (),
     limit: int | None = None,
 ) -> list[tuple[Resource, Resource | None]]:
     """PeerBridge's referrals the server holds (all of them, or one patient's), with their Tasks.
 
-    `statuses` keeps those ServiceRequest statuses only. `limit` reads at most that many, the
+    `statuses` keeps those ServiceRequest statuses only, `requesters` those requested by one of
+    these references ("Practitioner/x"). `limit` reads at most that many, the
     most recently changed first, and only their Tasks: a page's work stays bounded however many
     referrals the EHR has gathered over the years."""
     params: dict[str, str | int] = {"identifier": f"{system}|", "_count": page_size}
@@ -998,6 +1000,8 @@ def search_referrals(
         task_params["patient"] = f"Patient/{patient_id}"
     if statuses:
         params["status"] = ",".join(statuses)
+    if requesters:
+        params["requester"] = ",".join(requesters)
     if limit is not None:
         params["_sort"] = "-_lastUpdated"
     found = client.search("ServiceRequest", params)

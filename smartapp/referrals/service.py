@@ -65,6 +65,7 @@ SERVICE = "peerbridge.referrals"  # the app.extensions key of the ReferralServic
 # A worklist page reads at most this many referrals from the EHR (the most recently changed).
 WORKLIST_LIMIT = 200
 OPEN_STATUSES = ("draft", "active", "on-hold")
+MAX_REQUESTERS = 50  # an organization's members named in one worklist query
 
 
 class ReferralError(Exception):
@@ -616,8 +617,16 @@ class ReferralService:
         # Across patients only open referrals; closed ones are in each patient's own list.
         statuses = OPEN_STATUSES if all_patients else ()
         try:
+            # The organization's requesters in the query, so the page limit is the organization's
+            # own latest referrals and not the whole EHR's (a long list is filtered below).
+            requesters = sorted(members) if members and len(members) <= MAX_REQUESTERS else []
             pairs = search_referrals(
-                client, self.system, patient_id=patient, statuses=statuses, limit=WORKLIST_LIMIT
+                client,
+                self.system,
+                patient_id=patient,
+                statuses=statuses,
+                requesters=requesters,
+                limit=WORKLIST_LIMIT,
             )
         except FhirError as exc:
             pairs = []

@@ -283,6 +283,7 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
     url_before = frame_of(page).evaluate("performance.getEntriesByType('navigation').length")
     page.keyboard.press("End")  # last mode option; the cards follow without a reload
     frame.locator("#shown-count").filter(has_text=" of ").wait_for(timeout=WAIT_MS)
+    check(page, "keyboard: suggestions filtered by mode")
     assert frame_of(page).evaluate("performance.getEntriesByType('navigation').length") == (
         url_before
     )
@@ -303,6 +304,7 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
     page.keyboard.press("Enter")
     # Tab only once the form has loaded: a Tab during navigation would act on the old page.
     frame.get_by_role("heading", name=re.compile("^Refer to")).wait_for(timeout=WAIT_MS)
+    check(page, "keyboard: propose form")
     tab_until(page, "el => el.type === 'submit'")
     page.keyboard.press("Enter")
     wait_confirmed(frame)
@@ -325,6 +327,7 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
     tab_until(page, text_is("^Referral worklist$"))
     page.keyboard.press("Enter")
     frame.get_by_role("heading", name="Referral worklist").wait_for(timeout=WAIT_MS)
+    check(page, "keyboard: worklist")
     tab_until(page, text_is("^Complete"))
     page.keyboard.press("Enter")
     frame.locator("input[name='consent_given']").wait_for(timeout=WAIT_MS)
@@ -342,9 +345,11 @@ def test_the_same_flow_works_with_the_keyboard_only(browser: Any, demo: Demo) ->
     tab_until(page, text_is("^Review before sending$"))
     page.keyboard.press("Enter")
     frame.get_by_role("heading", name=re.compile("^Check before sending")).wait_for(timeout=WAIT_MS)
+    check(page, "keyboard: review before sending")
     tab_until(page, text_is("^Send to the program$"))
     page.keyboard.press("Enter")
     frame.get_by_text("Sent to the program").first.wait_for(timeout=WAIT_MS)
+    check(page, "keyboard: sent")
     assert_servicerequest_in_ehr(demo, patient, "active")
     context.close()
 

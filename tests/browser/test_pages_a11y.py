@@ -7,16 +7,10 @@ from typing import Any
 
 import pytest
 
+from tests.browser.a11y import assert_accessible
 from tests.browser.conftest import Demo
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
-
-
-def _violations(target: Any) -> list[str]:
-    from axe_playwright_python.sync_playwright import Axe
-
-    results = Axe().run(target)
-    return [f"{v['id']}: {v['help']}" for v in results.response["violations"]]
 
 
 @pytest.mark.parametrize("path", ["/", "/no-such-page"])
@@ -24,7 +18,7 @@ def test_front_and_error_pages_have_no_axe_violations(browser: Any, demo: Demo, 
     page = browser.new_page()
     page.goto(f"{demo.app}{path}")
     assert page.locator("main h1").count() == 1
-    assert _violations(page) == []
+    assert_accessible(page, path)
     page.close()
 
 
@@ -47,5 +41,5 @@ def test_a_404_shows_styled_inside_the_ehr_frame_with_its_request_id(
         "getComputedStyle(document.querySelector('.card.error')).borderLeftStyle"
     )
     assert border == "solid"
-    assert _violations(content) == []
+    assert_accessible(content, "404 inside the EHR frame")
     page.close()

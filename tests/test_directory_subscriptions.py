@@ -162,7 +162,11 @@ def test_an_editor_subscribes_this_instance_to_another_peerbridge_on_the_page(
 def test_an_editor_cannot_make_the_server_read_inside_its_own_network(
     sandbox: Sandbox, tmp_path: Path, url: str
 ) -> None:
-    settings = app_settings(sandbox, tmp_path, directory={"editors": [SOCIAL_WORKER]})
+    # As in production: no host allowed beyond the public internet (the demo's profile allows
+    # loopback).
+    settings = app_settings(
+        sandbox, tmp_path, directory={"editors": [SOCIAL_WORKER], "subscription_hosts": []}
+    )
     app = create_app(settings, testing=True)
     web = app.test_client()
     handle = launch(app, sandbox, web, scope=READ_SCOPE, user=SOCIAL_WORKER)
@@ -185,9 +189,8 @@ def test_a_subscription_typed_on_the_page_is_checked_again_at_each_refresh(
         directory={"editors": [SOCIAL_WORKER], "subscription_hosts": ["127.0.0.1"]},
     )
     repo_of(create_app(allowed, testing=True)).subscribe("hsds", source)
-    app = create_app(
-        app_settings(sandbox, tmp_path, directory={"editors": [SOCIAL_WORKER]}), testing=True
-    )
+    withdrawn = {"editors": [SOCIAL_WORKER], "subscription_hosts": []}
+    app = create_app(app_settings(sandbox, tmp_path, directory=withdrawn), testing=True)
     web = app.test_client()
     handle = launch(app, sandbox, web, scope=READ_SCOPE, user=SOCIAL_WORKER)
     base = f"/l/{handle}/directory/subscriptions"

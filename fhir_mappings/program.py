@@ -28,6 +28,7 @@ from fhir_mappings.referral import (
     PEERBRIDGE_CS,
     instant,
     provenance_resource,
+    task_inputs,
 )
 
 Resource = dict[str, Any]
@@ -106,14 +107,7 @@ def incoming_referral(
     if consent is not None and consent.get("status") == "active":
         title = str((consent.get("sourceAttachment") or {}).get("title", ""))
         consent_words = title or consent_words or "Family consent recorded"
-    language = contact_person = ""
-    for item in task.get("input", []):
-        codes = {c.get("code") for c in item.get("type", {}).get("coding", [])}
-        if "language" in codes:
-            coding = (item.get("valueCodeableConcept", {}).get("coding") or [{}])[0]
-            language = str(coding.get("code", ""))
-        if "contact-person" in codes:
-            contact_person = str(item.get("valueReference", {}).get("reference", ""))
+    language, contact_person, _contact = task_inputs(task)
     facts = None
     if patient is not None:
         try:

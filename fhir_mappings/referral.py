@@ -865,6 +865,24 @@ def program_name_of(sr: Resource) -> str:
     return text.split(": ", 1)[1] if ": " in text else text
 
 
+def task_inputs(task: Resource) -> tuple[str, str, dict[str, str]]:
+    """A referral Task's inputs: the language code, the contact person's reference, and the
+    contact details (CONTACT_INPUTS code -> text) the social worker confirmed."""
+    language = contact_person = ""
+    contact: dict[str, str] = {}
+    for item in task.get("input", []):
+        codes = {c.get("code") for c in item.get("type", {}).get("coding", [])}
+        if "language" in codes:
+            coding = (item.get("valueCodeableConcept", {}).get("coding") or [{}])[0]
+            language = str(coding.get("code", ""))
+        if "contact-person" in codes:
+            contact_person = str(item.get("valueReference", {}).get("reference", ""))
+        for code in CONTACT_INPUTS:
+            if code in codes and isinstance(item.get("valueString"), str):
+                contact[code] = item["valueString"]
+    return language, contact_person, contact
+
+
 def referral_view(
     service_request_res: Resource, task: Resource | None, system: str
 ) -> ReferralView:
@@ -879,18 +897,7 @@ def referral_view(
         for coding in detail.get("coding", []):
             if coding.get("system") == CONTACT_PREFERENCE_CS:
                 pref = str(coding.get("code", ""))
-    language = contact_person = ""
-    contact: dict[str, str] = {}
-    for item in task.get("input", []):
-        codes = {c.get("code") for c in item.get("type", {}).get("coding", [])}
-        if "language" in codes:
-            coding = (item.get("valueCodeableConcept", {}).get("coding") or [{}])[0]
-            language = str(coding.get("code", ""))
-        if "contact-person" in codes:
-            contact_person = str(item.get("valueReference", {}).get("reference", ""))
-        for code in CONTACT_INPUTS:
-            if code in codes and isinstance(item.get("valueString"), str):
-                contact[code] = item["valueString"]
+    language, contact_person, contact = task_inputs(task)
     notes = [str(n.get("text", "")) for n in sr.get("note", [])]
     consent = next((n for n in notes if n.startswith("Family consent")), "")
     if not consent and sr.get("supportingInfo"):

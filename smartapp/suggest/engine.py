@@ -45,6 +45,7 @@ from fhir_mappings.code_maps import CodeMap, language_name, language_names, us_s
 from fhir_mappings.domain import (
     INFANT_MAX_AGE,
     OLDER_ADULT_AGE,
+    Address,
     CodedCondition,
     Coverage,
     Exclusion,
@@ -148,10 +149,16 @@ W_SEX_UNKNOWN = -1.0
 W_PROVISIONAL = 100.0
 EXCLUSION_LIMIT = 10
 
-# Needs that decide who should be supported first (see `_recipients`).
-RECIPIENT_NEEDS = (
-    PARENT_NEEDS | FAMILY_MEMBER_NEEDS | CAREGIVER_NEEDS | TEEN_SELF_NEEDS | {"dementia"}
+# Needs that decide who should be supported first: `_recipients` asks only which of these
+# groups a program's needs touch.
+RECIPIENT_GROUPS = (
+    TEEN_SELF_NEEDS,
+    PARENT_NEEDS,
+    FAMILY_MEMBER_NEEDS,
+    frozenset({"dementia"}),
+    CAREGIVER_NEEDS,
 )
+RECIPIENT_NEEDS = frozenset().union(*RECIPIENT_GROUPS)
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP_WORDS = frozenset({"and", "or", "of", "the", "with", "for", "in", "to", "a", "an", "other"})
@@ -187,8 +194,19 @@ class Directory:
         self._need_masks = [sum(self._need_bit[need] for need in p.needs) for p in self._programs]
         self._words = {p.id: _words_of(p) for p in self._programs}
         self._facets = {name: _Facet(self._programs, key) for name, key in _FACET_KEYS.items()}
+        # Each "recipients" value as bits over RECIPIENT_NEEDS, so a call meets it with the
+        # patient's needs in one `&` (hundreds of values, a handful of distinct answers).
+        self._recipient_bit = {need: 1 << n for n, need in enumerate(sorted(RECIPIENT_NEEDS))}
+        self._recipient_masks = [
+            sum(self._recipient_bit[need] for need in p.needs & RECIPIENT_NEEDS)
+            for p in self._facets["recipients"].examples
+        ]
+        self._recipient_groups = [
+            sum(self._recipient_bit[need] for need in group) for group in RECIPIENT_GROUPS
+        ]
         self._costs = tuple(_cost(p) for p in self._programs)
         self._cost_points = [points for _, points in self._costs]
+        self._best_cost_points = max(self._cost_points, default=0.0)
         self._needs = tuple(p.needs for p in self._programs)
 
     @classmethod
@@ -520,12 +538,15 @@ def _sex_reason(program: Program, patient: PatientFacts) -> Reason | None:
     return Reason("sex", patient.sex == program.sex, text)
 
 
-def _coverage_reason(program: Program, patient: PatientFacts) -> Reason | None:
-    covered = program.coverage.covers(patient.address)
+# Cached, like the other facet judgements below: the answer depends on a few facts that many
+# patients share (their state and county), so a call mostly looks them up.
+@functools.lru_cache(maxsize=8192)
+def _coverage_reason(coverage: Coverage, state: str, county: str) -> Reason | None:
+    covered = coverage.covers(Address(state=state, county=county))
     if covered is False:
-        return Reason("coverage", False, _coverage_words(program) + " only")
-    if covered is True and program.coverage.kind != "national":
-        return Reason("coverage", True, _coverage_words(program))
+        return Reason("coverage", False, _coverage_text(coverage) + " only")
+    if covered is True and coverage.kind != "national":
+        return Reason("coverage", True, _coverage_text(coverage))
     return None
 
 
@@ -657,7 +678,11 @@ class _Call:
         self.parents = [_parents_reason(p, view, patient_needs) for p in examples["parents"]]
         self.age = [_age_reason(p, view, patient_needs) for p in examples["age"]]
         self.sex = [_sex_reason(p, patient) for p in examples["sex"]]
-        self.coverage = [_coverage_reason(p, patient) for p in examples["coverage"]]
+        address = patient.address
+        self.coverage = [
+            _coverage_reason(p.coverage, address.state, address.county)
+            for p in examples["coverage"]
+        ]
         # Per hard rule, the bit set of the programs it excludes.
         self.failing_by: dict[str, int] = {}
         for name, reasons in (
@@ -684,24 +709,31 @@ class _Call:
         # program's supports and on who should be helped, of which there are few kinds.
         kinds: dict[tuple[frozenset[str], frozenset[str]], int] = {}
         # Many facet values meet the patient's needs in the same few ways: work each out once.
-        kind_of: dict[frozenset[str], int] = {}
-        self.recipient_kind: list[int] = []
-        # A value is the program's needs among RECIPIENT_NEEDS, all that `_recipients` reads.
-        for p in examples["recipients"]:
-            shared = p.needs & RECIPIENT_NEEDS & patient_needs
-            kind = kind_of.get(shared)
+        bit = directory._recipient_bit
+        wanted = sum(bit[need] for need in patient_needs & RECIPIENT_NEEDS)
+        # A value is the program's needs among RECIPIENT_NEEDS, all that `_recipients` reads;
+        # and `_recipients` only asks which of its groups of needs they touch.
+        shared_of = list(map(wanted.__and__, directory._recipient_masks))
+        kind_of: dict[int, int] = {}
+        by_groups: dict[int, int] = {}
+        for shared in set(shared_of):
+            touched = 0
+            for n, group in enumerate(directory._recipient_groups):
+                if shared & group:
+                    touched |= 1 << n
+            kind = by_groups.get(touched)
             if kind is None:
-                kind = kind_of[shared] = kinds.setdefault(
-                    _recipients(sorted(shared), view), len(kinds)
-                )
-            self.recipient_kind.append(kind)
+                needs = sorted(need for need, b in bit.items() if b & shared)
+                kind = by_groups[touched] = kinds.setdefault(_recipients(needs, view), len(kinds))
+            kind_of[shared] = kind
+        self.recipient_kind = list(map(kind_of.__getitem__, shared_of))
         by_kind = sorted(kinds, key=kinds.__getitem__)
         self.supports = [
             [_supports_for(p.supports, primary, others) for primary, others in by_kind]
             for p in examples["supports"]
         ]
         self.language = [_language(p, view) for p in examples["language"]]
-        self.mode = [_modes(p, view) for p in examples["mode"]]
+        self.mode = [_modes(p.modes, view.modes, view.mode_reason) for p in examples["mode"]]
         self.coverage_fit = [
             _coverage(p, reason)
             for p, reason in zip(examples["coverage"], self.coverage, strict=True)
@@ -841,7 +873,7 @@ class _Call:
             + max(tables.language)
             + max(tables.mode)
             + max(tables.coverage)
-            + max(self.directory._cost_points)
+            + self.directory._best_cost_points
             + max(tables.sex)
         )
         # A need adds its weight at most once to `need_points`, and again if standalone.
@@ -909,12 +941,26 @@ class _Call:
                 bound -= W_PROVISIONAL
             bounds.append((-bound, matched, members))
         bounds.sort()
-        for negative_bound, _, members in bounds:
-            # Margin for the rounding to 3 decimals of the scores compared.
-            if len(kept) >= limit and negative_bound > kept[limit - 1][0] + 0.001:
-                break
-            kept = heapq.nsmallest(limit, [*kept, *self.scores(members, fit)])
-        return kept
+        # The kept entries, (-score, position) negated: heap[0] is the worst one kept.
+        heap = [(-score, -i) for score, i in kept]
+        heapq.heapify(heap)
+
+        def hopeful() -> Iterator[int]:
+            """The members of the groups, best bound first, while a group could still rank
+            (asked lazily, so each bound is checked against the programs scored so far)."""
+            for negative_bound, _, members in bounds:
+                # Margin for the rounding to 3 decimals of the scores compared.
+                if len(heap) >= limit and negative_bound > -heap[0][0] + 0.001:
+                    return
+                yield from members
+
+        for score, i in self.scores(hopeful(), fit):
+            entry = (-score, -i)
+            if len(heap) < limit:
+                heapq.heappush(heap, entry)
+            elif entry > heap[0]:
+                heapq.heapreplace(heap, entry)
+        return sorted((-score, -i) for score, i in heap)
 
 
 @dataclass(frozen=True)
@@ -971,6 +1017,7 @@ def _support_words(offered: frozenset[str]) -> str:
     return ", ".join(SUPPORT_WORDS.get(s, s) for s in sorted(offered)) or "not stated"
 
 
+@functools.lru_cache(maxsize=4096)
 def _supports_for(
     offered: frozenset[str], primary: frozenset[str], others: frozenset[str]
 ) -> tuple[Reason, float]:
@@ -1019,16 +1066,20 @@ def _language(program: Program, view: _PatientView) -> tuple[Reason | None, floa
     return Reason("language", False, text), -W_LANGUAGE
 
 
-def _modes(program: Program, view: _PatientView) -> tuple[Reason | None, float]:
-    if not program.modes:
+@functools.lru_cache(maxsize=4096)
+def _modes(
+    offered: frozenset[str], wanted: frozenset[str], why: str
+) -> tuple[Reason | None, float]:
+    """The program's modes against those wanted, and `why` they are ("preferred", "rural")."""
+    if not offered:
         return None, 0.0
-    ordered = [m for m in MODE_WORDS if m in program.modes]
-    if not view.modes:
+    ordered = [m for m in MODE_WORDS if m in offered]
+    if not wanted:
         return Reason("mode", True, ", ".join(MODE_WORDS[m] for m in ordered)), 0.0
-    common = [m for m in ordered if m in view.modes]
+    common = [m for m in ordered if m in wanted]
     if common:
         text = ", ".join(MODE_WORDS[m] for m in common)
-        if view.mode_reason == "rural":
+        if why == "rural":
             text += " (rural address)"
         return Reason("mode", True, text), W_MODE
     text = "Only " + ", ".join(MODE_WORDS[m] for m in ordered)

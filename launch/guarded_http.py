@@ -273,6 +273,11 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
         return conn
 
 
+# Kept connections per host: more than a worker's threads (8) plus its outbox sender, so under
+# load a finished request's connection is kept for the next one, not dropped ("pool is full").
+POOL_MAXSIZE = 32
+
+
 class WatchedAdapter(HTTPAdapter):
     """requests' adapter whose connections the deadline watchdog can close."""
 
@@ -287,7 +292,7 @@ class WatchedAdapter(HTTPAdapter):
 def guarded_session() -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # no proxy or netrc credentials picked up from the environment
-    adapter = WatchedAdapter(max_retries=0)
+    adapter = WatchedAdapter(max_retries=0, pool_maxsize=POOL_MAXSIZE)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Response, abort, current_app, jsonify, request
-from sqlalchemy import create_engine
 
 from config import Settings
 from fhir_mappings.code_maps import CodeMap
@@ -25,6 +24,7 @@ from smartapp.cds.service import (
     PatientViewRequest,
     PatientViewService,
 )
+from smartapp.db.engines import engine_for
 from smartapp.directory.store import current_directory
 from smartapp.security import csrf
 
@@ -44,7 +44,7 @@ class CdsEndpoints:
 def init_app(app: Flask, settings: Settings) -> None:
     if not settings.cds.enabled:
         return
-    engine = create_engine(settings.database_url, pool_pre_ping=True)  # survives a DB restart
+    engine = engine_for(settings.database_url)
     app.extensions[_EXTENSION] = CdsEndpoints(
         public_url=settings.app.public_url,
         verifier=CdsJwtVerifier(settings.cds.trusted_clients, JtiStore(engine), JwksCache()),

@@ -29,9 +29,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     bindparam,
-    create_engine,
     delete,
-    event,
     insert,
     inspect,
     select,
@@ -41,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 from fhir_mappings.domain import EHR_TASK, Contact, Program
+from smartapp.db.engines import engine_for
 from smartapp.db.schema import SchemaError
 from smartapp.directory.models import (
     directory_change,
@@ -144,14 +143,10 @@ class DirectoryRepository:
         clock: Callable[[], float] = time.time,
         synonyms: dict[str, str] | None = None,
     ) -> None:
-        # pre-ping: after a database restart a pooled connection is dead; test it, not the user.
-        self.engine = engine or create_engine(database_url, future=True, pool_pre_ping=True)
+        self.engine = engine or engine_for(database_url)
         self.clock = clock
         self.synonyms = synonyms or {}
         self.sqlite = self.engine.dialect.name == "sqlite"
-        if self.sqlite:
-            # Several gunicorn workers share one file: wait for a writer instead of failing.
-            event.listen(self.engine, "connect", _sqlite_pragmas)
         _require_tables(self.engine)
         self._lock = threading.Lock()
         self._cache: tuple[int, dict[str, ProgramRecord]] = (-1, {})
@@ -878,12 +873,6 @@ def _change(row: Any) -> Change:
         after=program_from_dict(json.loads(row["after"])) if row["after"] else None,
         reviewed_by=row["reviewed_by"],
     )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout = 10000")
-    cursor.close()
 
 
 def _require_tables(engine: Engine) -> None:

@@ -1,5 +1,11 @@
 """gunicorn settings for PeerBridge; command-line flags (bind, workers) override them."""
 
+from smartapp.ops.memory import tune_allocator
+
+# In the master as gunicorn reads this file, before the app is loaded or any thread starts: the
+# allocator settings that keep a threaded worker's memory flat; the forked workers inherit them.
+tune_allocator()
+
 # Threads let one worker wait on the EHR for one user while serving another.
 worker_class = "gthread"
 threads = 8

@@ -15,11 +15,12 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from config import Settings
 from fhir_mappings.code_maps import CodeMap
+from smartapp.db.engines import engine_for
 from smartapp.directory import store as program_directory
 from smartapp.session.current import launch_store
 
@@ -101,8 +102,7 @@ def _engine(app: Flask, settings: Settings) -> Engine:
         return engine
     cached = app.extensions.get(_ENGINE)
     if cached is None:
-        url = make_url(settings.database_url)
-        cached = create_engine(url, pool_pre_ping=True)
+        cached = engine_for(settings.database_url)
         app.extensions[_ENGINE] = cached
     return cached
 

@@ -35,12 +35,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import create_engine, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from fhir_mappings.fhir_client import FhirAuthError, FhirClient, FhirError, FhirUnavailable
 from fhir_mappings.referral import WriteResult, finish_after_conflict, send_bundle
+from smartapp.db.engines import engine_for
 from smartapp.db.models import referral_outbox, referral_outbox_probe
 
 log = logging.getLogger(__name__)
@@ -150,10 +151,8 @@ class Outbox:
         sender: Sender = send_bundle,
         engine: Engine | None = None,
     ) -> None:
-        # hide_parameters: a failing statement's parameters (bundles: PHI) never reach a log.
-        self.engine = engine or create_engine(
-            database_url, future=True, pool_pre_ping=True, hide_parameters=True
-        )
+        # Shared with the app's other stores; it never logs parameters (bundles: PHI).
+        self.engine = engine or engine_for(database_url)
         self.retry_seconds = retry_hours * 3600.0
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_delay_seconds = retry_max_delay_seconds

@@ -23,7 +23,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     insert,
     select,
     update,
@@ -32,6 +31,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from fhir_mappings.domain import Coding
+from smartapp.db.engines import engine_for
 from smartapp.db.models import metadata as db_metadata
 
 # -- vocabularies --------------------------------------------------------------------------------
@@ -358,8 +358,7 @@ class WorkspaceStore:
         engine: Engine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # pre-ping: after a database restart a pooled connection is dead; test it, not the user.
-        self.engine = engine or create_engine(database_url, future=True, pool_pre_ping=True)
+        self.engine = engine or engine_for(database_url)
         self.clock = clock
 
     # -- generic ---------------------------------------------------------------------------------

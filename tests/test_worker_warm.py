@@ -61,8 +61,8 @@ def test_the_built_app_holds_no_open_database_connection_to_hand_to_forked_worke
     app = create()  # as gunicorn's master builds it under preload
 
     engines = forking.engines(app)
-    # The directory repository, the referral outbox (shared by the workspace) and the CDS store.
-    assert len(engines) >= 3
+    # One pool for the directory, the outbox, the workspace and the CDS store (one database).
+    assert len(engines) == 1
     assert [e.pool.checkedin() + e.pool.checkedout() for e in engines] == [0] * len(engines)
 
     # A worker's pools start empty even when the master reconnected after building the app.

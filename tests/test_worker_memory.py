@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from smartapp.app import create_app
 from smartapp.db import engines
@@ -122,3 +123,16 @@ def test_reading_gunicorns_settings_tunes_the_allocator() -> None:
     # gunicorn reads its settings before preload builds the app and before any thread starts.
     count, said = arenas("gunicorn")
     assert count <= 2, said
+
+
+def test_a_failing_statement_never_shows_its_parameters(tmp_path: Path) -> None:
+    """Every store writes through the shared engine, so none can put a bundle (PHI) into an
+    exception message or a log line when a statement fails."""
+    engine = engine_for(f"sqlite:///{tmp_path / 'pb.sqlite3'}")
+    with engine.begin() as db:
+        db.execute(text("CREATE TABLE t (id TEXT PRIMARY KEY)"))
+        db.execute(text("INSERT INTO t VALUES (:id)"), {"id": "Maria Demo, DOB 2019-04-02"})
+    with pytest.raises(IntegrityError) as failed, engine.begin() as db:
+        db.execute(text("INSERT INTO t VALUES (:id)"), {"id": "Maria Demo, DOB 2019-04-02"})
+    assert "UNIQUE constraint failed" in str(failed.value)
+    assert "Maria" not in str(failed.value)

@@ -65,6 +65,9 @@ SERVICE = "peerbridge.referrals"  # the app.extensions key of the ReferralServic
 # A worklist page reads at most this many referrals from the EHR (the most recently changed).
 WORKLIST_LIMIT = 200
 OPEN_STATUSES = ("draft", "active", "on-hold")
+# One patient's referrals read for the referral form's "already referred?" check, the most
+# recently changed first: more than any patient gathers, so the page's work stays bounded.
+PATIENT_HISTORY_LIMIT = 200
 MAX_REQUESTERS = 50  # an organization's members named in one worklist query
 
 
@@ -588,7 +591,9 @@ class ReferralService:
         self, client: FhirClient, actor: Actor
     ) -> tuple[list[ReferralView], list[OutboxEntry]]:
         """This patient's referrals in the EHR, and local ones the EHR has not confirmed yet."""
-        pairs = search_referrals(client, self.system, patient_id=actor.patient_id)
+        pairs = search_referrals(
+            client, self.system, patient_id=actor.patient_id, limit=PATIENT_HISTORY_LIMIT
+        )
         views = [referral_view(sr, task, self.system) for sr, task in pairs]
         known = {v.identifier for v in views}
         local = [

@@ -8,6 +8,8 @@ import json
 import secrets
 import shutil
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+from joserfc import jwt
 
 from config import Settings, load_settings
 from smartapp.db.schema import upgrade
@@ -190,3 +193,19 @@ def adopt_launch(client: Any, app: Any, token: dict[str, Any], iss: str) -> str:
         session[BINDING_KEY] = binding
     with app.app_context():
         return launch_store().adopt(token, iss, binding=binding)
+
+
+def signed_assertion(
+    sandbox: Sandbox, client_id: str, key: Any, *, kid: str, alg: str = "RS384", **claims: Any
+) -> str:
+    """A private_key_jwt client assertion for the sandbox's token endpoint, signed with `key`;
+    `claims` replace the defaults (iss, sub, aud, exp, jti) to build bad ones."""
+    body = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": f"{sandbox.base_url}/auth/token",
+        "exp": int(time.time()) + 240,
+        "jti": uuid.uuid4().hex,
+        **claims,
+    }
+    return jwt.encode({"alg": alg, "kid": kid, "typ": "JWT"}, body, key, algorithms=[alg])

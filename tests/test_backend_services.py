@@ -24,7 +24,7 @@ from launch.discovery import SmartConfiguration
 from launch.guarded_http import GuardedHttp
 from smartapp.app import create_app
 from smartapp.directory import store as program_directory
-from tests.conftest import SOCIAL_WORKER, Sandbox, app_settings
+from tests.conftest import SOCIAL_WORKER, Sandbox, app_settings, signed_assertion
 from tests.test_referral_views import WRITE_SCOPE, csrf_of, hidden, launch
 
 KEY = RSAKey.generate_key(2048, private=True)
@@ -66,17 +66,7 @@ def _token(
 
 
 def _assertion(sandbox: Sandbox, client_id: str, **claims: Any) -> str:
-    now = int(time.time())
-    body = {
-        "iss": client_id,
-        "sub": client_id,
-        "aud": f"{sandbox.base_url}/auth/token",
-        "exp": now + 240,
-        "jti": uuid.uuid4().hex,
-        **claims,
-    }
-    header = {"alg": "RS384", "kid": SIGNING.kid, "typ": "JWT"}
-    return jwt.encode(header, body, KEY, algorithms=["RS384"])
+    return signed_assertion(sandbox, client_id, KEY, kid=SIGNING.kid, **claims)
 
 
 def _read(sandbox: Sandbox, token: str, path: str) -> requests.Response:

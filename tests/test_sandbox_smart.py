@@ -19,7 +19,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 
-from tests.conftest import SUBSPECIALIST, Sandbox
+from tests.conftest import SUBSPECIALIST, Sandbox, signed_assertion
 
 REDIRECT = "http://app.test/callback"
 
@@ -303,17 +303,8 @@ def _assertion(
     kid: str = "rsa-1",
     **claims: Any,
 ) -> str:
-    now = int(time.time())
-    body = {
-        "iss": client_id,
-        "sub": client_id,
-        "aud": f"{sandbox.base_url}/auth/token",
-        "exp": now + 240,
-        "jti": uuid.uuid4().hex,
-        **claims,
-    }
-    header = {"alg": alg, "kid": kid, "typ": "JWT"}
-    return jwt.encode(header, body, key if key is not None else RSA_KEY, algorithms=[alg])
+    key = key if key is not None else RSA_KEY
+    return signed_assertion(sandbox, client_id, key, kid=kid, alg=alg, **claims)
 
 
 def _jwt_exchange(sandbox: Sandbox, client: dict[str, Any], assertion: str) -> requests.Response:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from smartapp.app import create_app
 from smartapp.db import engines
 from smartapp.db.engines import SQLITE_CACHE_KIB, engine_for
 from smartapp.ops import forking
+from smartapp.ops.memory import glibc
 from tests.conftest import Sandbox, app_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,9 +97,7 @@ def arenas(mode: str, **environ: str) -> tuple[int, str]:
     return count, done.stderr
 
 
-glibc_only = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
-)
+glibc_only = pytest.mark.skipif(not glibc(), reason="glibc's malloc")
 
 
 @glibc_only

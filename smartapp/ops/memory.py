@@ -14,10 +14,8 @@ the C library is not glibc (macOS, musl) nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
-import platform
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +27,20 @@ ARENAS = 2
 MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
+def glibc() -> bool:
+    """Whether this process runs on glibc (asked of the C library itself, no file read)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # not a name this C library knows
+        return False
+
+
 def tune_allocator() -> dict[str, int]:
     """Cap malloc arenas and fix the mmap threshold; returns what was set (empty: nothing)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return {}
-    name = ctypes.util.find_library("c")
-    if not name:
+    if not glibc():
         return {}
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
         return {}
     wanted = {

@@ -128,7 +128,7 @@ def user_level(scopes: frozenset[str]) -> bool:
 
 def _not_found() -> Response:
     # The same answer for "no such referral" and "not this launch's": nothing to probe.
-    return _message("Referral not found", "PeerBridge knows no referral with this id.", 404)
+    return message_page("Referral not found", "PeerBridge knows no referral with this id.", 404)
 
 
 def _cannot_write(*, update: bool = False) -> Response | None:
@@ -139,16 +139,13 @@ def _cannot_write(*, update: bool = False) -> Response | None:
         allowed = launch.can_update("ServiceRequest") and launch.can_update("Task")
     if allowed:
         return None
-    page = render_template(
-        "referral_message.html",
-        title="Referrals cannot be sent from this launch",
-        message=(
-            "The EHR did not give PeerBridge permission to write referrals (ServiceRequest and "
-            "Task) in this session. Ask your EHR administrator to grant it, or print the family "
-            "handout from the patient page instead."
-        ),
+    return message_page(
+        "Referrals cannot be sent from this launch",
+        "The EHR did not give PeerBridge permission to write referrals (ServiceRequest and "
+        "Task) in this session. Ask your EHR administrator to grant it, or print the family "
+        "handout from the patient page instead.",
+        403,
     )
-    return Response(page, status=403)
 
 
 def _program(program_id: str) -> Program | None:
@@ -201,7 +198,8 @@ def people_words(view: ReferralView, people: list[ContactPerson]) -> str:
     return f"{name}, {reach}" if reach else name
 
 
-def _message(title: str, message: str, status: int) -> Response:
+def message_page(title: str, message: str, status: int) -> Response:
+    """A plain referral page that says what happened, with its HTTP status."""
     return Response(
         render_template("referral_message.html", title=title, message=message), status=status
     )
@@ -238,7 +236,9 @@ def new() -> Response | str:
         return refused
     program = _program(request.args.get("program", ""))
     if program is None:
-        return _message("Program not found", "That program is not in PeerBridge's directory.", 404)
+        return message_page(
+            "Program not found", "That program is not in PeerBridge's directory.", 404
+        )
     launch = current_launch()
     chart = _chart(fhir_client(), launch.patient_id)
     conditions = chart.conditions if chart else ()
@@ -314,7 +314,7 @@ def create() -> BaseResponse | str:
             )
     if not form.validate() or program is None:
         if program is None:
-            return _message("Program not found", "That program is not in the directory.", 400)
+            return message_page("Program not found", "That program is not in the directory.", 400)
         form.conditions.choices = [(c, c) for c in form.conditions.data or []]
         return Response(
             render_template("referral_new.html", form=form, program=program), status=400
@@ -322,7 +322,7 @@ def create() -> BaseResponse | str:
     service = referral_service()
     launch = current_launch()
     if not service.minted_for(launch.handle, form.identifier.data or ""):
-        return _message(
+        return message_page(
             "The referral could not be saved",
             "This form does not belong to this PeerBridge session; open the program again "
             "from the patient page and propose the referral from there.",
@@ -345,7 +345,7 @@ def create() -> BaseResponse | str:
             priority="urgent" if form.priority.data == "urgent" else "routine",
         )
     except ReferralError as exc:
-        return _message("The referral could not be saved", str(exc), 400)
+        return message_page("The referral could not be saved", str(exc), 400)
     except Exception as exc:
         if not is_storage_error(exc):
             raise
@@ -365,7 +365,7 @@ def _foreign_conditions(
     except ChartError:
         chart = None
     except FhirError as exc:
-        return _message(
+        return message_page(
             "The referral was not saved yet",
             f"PeerBridge could not check the chosen conditions with the EHR ({exc}). Go back "
             "and submit the form again in a moment; nothing was lost.",
@@ -374,7 +374,7 @@ def _foreign_conditions(
     own = {c.id for c in chart.conditions} if chart else set()
     if set(condition_ids) <= own:
         return None
-    return _message(
+    return message_page(
         "The referral could not be saved",
         "A chosen condition is not in this patient's chart. Open the program again from the "
         "patient page and choose among the patient's conditions.",
@@ -450,7 +450,7 @@ def download(identifier: str) -> Response:
     if entry is None:
         abort(404)
     if not entry.bundle:
-        return _message(
+        return message_page(
             "No copy kept",
             "This referral reached the EHR long ago, and PeerBridge no longer keeps its own copy "
             "of the patient's data. Open it in the EHR instead.",
@@ -523,7 +523,7 @@ def complete(identifier: str) -> BaseResponse | str:
     if tracking.state == "unknown":
         return _not_found()
     if tracking.view is None:
-        return _message(
+        return message_page(
             "Not in the EHR yet",
             "This referral has not reached the EHR yet; it can be completed once it shows as sent.",
             409,
@@ -596,7 +596,7 @@ def complete(identifier: str) -> BaseResponse | str:
     except ReferralConflict as exc:
         return _conflict(identifier, exc)
     except ReferralError as exc:
-        return _message("The referral could not be completed", str(exc), 409)
+        return message_page("The referral could not be completed", str(exc), 409)
     except Exception as exc:
         if not is_storage_error(exc):
             raise
@@ -617,14 +617,14 @@ def outcome(identifier: str) -> BaseResponse | str:
     form.program.choices = _program_choices()
     if not form.validate():
         problems = "; ".join(e for errors in form.errors.values() for e in errors)
-        return _message("The outcome was not recorded", problems, 400)
+        return message_page("The outcome was not recorded", problems, 400)
     handle = current_launch().handle
     service = referral_service()
     if not (
         service.minted_for(handle, form.action_id.data)
         and service.minted_for(handle, form.new_identifier.data)
     ):
-        return _message(
+        return message_page(
             "The outcome was not recorded",
             "This form does not belong to this PeerBridge session; reload the referral and "
             "record the outcome again.",
@@ -632,7 +632,7 @@ def outcome(identifier: str) -> BaseResponse | str:
         )
     new_program = _program(form.program.data) if form.outcome.data == "new-match" else None
     if form.outcome.data == "new-match" and new_program is None:
-        return _message("The outcome was not recorded", "Choose a program from the list.", 400)
+        return message_page("The outcome was not recorded", "Choose a program from the list.", 400)
     try:
         tracking: Tracking = service.record_outcome(
             fhir_client(),
@@ -648,7 +648,7 @@ def outcome(identifier: str) -> BaseResponse | str:
     except ReferralConflict as exc:
         return _conflict(identifier, exc)
     except ReferralError as exc:
-        return _message("The outcome was not recorded", str(exc), 409)
+        return message_page("The outcome was not recorded", str(exc), 409)
     except Exception as exc:
         if not is_storage_error(exc):
             raise

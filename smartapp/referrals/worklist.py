@@ -24,7 +24,7 @@ from launch.errors import LaunchError
 from launch.guarded_http import Deadline
 from smartapp import ui_text
 from smartapp.referrals.service import Actor, WorkItem
-from smartapp.referrals.views import current_actor, referral_service, user_level
+from smartapp.referrals.views import current_actor, message_page, referral_service, user_level
 from smartapp.session.current import current_launch, fhir_client, launch_routes, launch_store
 from smartapp.session.user import current_user
 
@@ -87,13 +87,12 @@ def _sorted(items: tuple[WorkItem, ...], key: str, reverse: bool) -> tuple[WorkI
 def view() -> Response | str:
     launch = current_launch()
     if not launch.can_read("ServiceRequest"):
-        page = render_template(
-            "referral_message.html",
-            title="The worklist is not available in this launch",
-            message="The EHR did not give PeerBridge permission to read referrals "
-            "(ServiceRequest) in this session.",
+        return message_page(
+            "The worklist is not available in this launch",
+            "The EHR did not give PeerBridge permission to read referrals (ServiceRequest) in "
+            "this session.",
+            403,
         )
-        return Response(page, status=403)
     store = launch_store()
     backend_ready = launch.iss in store.backend
     can_span = user_level(launch.scopes) or backend_ready
@@ -101,12 +100,11 @@ def view() -> Response | str:
     wanted = request.args.get("scope") or ("all" if current_user().completes else "patient")
     all_patients = can_span and (wanted == "all" or not launch.patient_id)
     if not all_patients and not launch.patient_id:
-        page = render_template(
-            "referral_message.html",
-            title="No patient in context",
-            message="Open PeerBridge from a patient's chart to see that patient's referrals.",
+        return message_page(
+            "No patient in context",
+            "Open PeerBridge from a patient's chart to see that patient's referrals.",
+            400,
         )
-        return Response(page, status=400)
     client = fhir_client()
     user = current_user()
     actor = own = current_actor()
@@ -127,13 +125,12 @@ def view() -> Response | str:
         # Backend reads were configured but are not usable now, and the user has no user/ scope.
         all_patients, source = False, "patient in context"
         if not launch.patient_id:
-            page = render_template(
-                "referral_message.html",
-                title="The worklist cannot be read right now",
-                message="PeerBridge could not read your organization's referrals from the EHR. "
+            return message_page(
+                "The worklist cannot be read right now",
+                "PeerBridge could not read your organization's referrals from the EHR. "
                 "Please try again in a minute, or open PeerBridge from a patient's chart.",
+                503,
             )
-            return Response(page, status=503)
     # Which source was used, for IT; no patient data and no token.
     log.info("worklist read through %s for %s", source, launch.iss)
     work = referral_service().worklist(client, actor, all_patients=all_patients, members=members)

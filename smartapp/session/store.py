@@ -10,7 +10,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
@@ -567,6 +567,17 @@ class LaunchStore:
             served["token"] = value
             return value
 
+        return self._fhir_client(iss, token, refresh, deadline)
+
+    def _fhir_client(
+        self,
+        iss: str,
+        token: Callable[[], str | None],
+        refresh: Callable[[], str | None],
+        deadline: Deadline | None,
+    ) -> FhirClient:
+        """A FhirClient on `iss` with the FHIR settings, the guarded HTTP layer and the shared
+        CapabilityStatement cache; `token` and `refresh` say whose token it carries."""
         fhir = self.settings.fhir
         return FhirClient(
             iss,
@@ -604,17 +615,7 @@ class LaunchStore:
                 return None
             return served["token"]
 
-        fhir = self.settings.fhir
-        return FhirClient(
-            iss,
-            token=token,
-            refresh=refresh,
-            timeout=fhir.timeout_seconds,
-            deadline=deadline,
-            max_pages=fhir.max_pages,
-            http=self.guarded,
-            capability_cache=self.capabilities,
-        )
+        return self._fhir_client(iss, token, refresh, deadline)
 
     def can_refresh(self, handle: str) -> bool:
         """The launch exists and still holds a refresh token (a failed refresh was passing)."""

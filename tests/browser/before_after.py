@@ -9,23 +9,14 @@ loose on purpose: the same walk runs on the pages before and after the change.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from smartapp.ops.demo import (
-    demo_wiring,
-    free_port,
-    gunicorn_command,
-    sandbox_command,
-    wait_until_up,
-)
+from tests.browser.conftest import running_demo
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "before-after"
 WAIT = 20_000
@@ -151,28 +142,11 @@ def walk(ehr: str, kind: str) -> None:
 
 def main(argv: list[str]) -> int:
     kind = argv[0] if argv else "after"
-    host = "127.0.0.1"
     state = Path(tempfile.mkdtemp(prefix="pb-shots-"))
-    ehr_port, app_port = free_port(host), free_port(host)
-    clients, env = demo_wiring(host, ehr_port, app_port, state)
-    clients_file = state / "ehr-clients.json"
-    clients_file.write_text(json.dumps(clients), encoding="utf-8")
-    ehr = subprocess.Popen(
-        sandbox_command(
-            host=host, port=ehr_port, db=state / "ehr.db", clients=clients_file, reset=True
-        )
-    )
-    app = subprocess.Popen(
-        gunicorn_command(f"{host}:{app_port}", workers=2), env={**os.environ, **env}
-    )
     try:
-        wait_until_up(f"http://{host}:{ehr_port}/fhir/metadata", timeout=60, process=ehr)
-        wait_until_up(f"http://{host}:{app_port}/healthz", timeout=60, process=app)
-        walk(f"http://{host}:{ehr_port}", kind)
+        with running_demo(state) as demo:
+            walk(demo.ehr, kind)
     finally:
-        for process in (app, ehr):
-            process.terminate()
-            process.wait(timeout=10)
         shutil.rmtree(state, ignore_errors=True)
     return 0
 

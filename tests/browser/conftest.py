@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    state = tmp_path_factory.mktemp("demo")
+@contextmanager
+def running_demo(
+    state: Path, *, workers: int = 2, env: dict[str, str] | None = None
+) -> Iterator[Demo]:
+    """The demo's two processes on free loopback ports, as `peerbridge demo` wires them: the dev
+    EHR (a fresh store in `state`) and PeerBridge under gunicorn (`env` added to its wiring).
+    Both are stopped on exit."""
     host = "127.0.0.1"
     ehr_port, app_port = free_port(host), free_port(host)
-    clients, env = demo_wiring(host, ehr_port, app_port, state)
+    clients, wiring = demo_wiring(host, ehr_port, app_port, state)
     clients_file = state / "ehr-clients.json"
     clients_file.write_text(json.dumps(clients), encoding="utf-8")
     ehr = subprocess.Popen(
@@ -88,7 +93,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         )
     )
     app = subprocess.Popen(
-        gunicorn_command(f"{host}:{app_port}", workers=2), env={**os.environ, **env}
+        gunicorn_command(f"{host}:{app_port}", workers=workers),
+        env={**os.environ, **wiring, **(env or {})},
     )
     try:
         wait_until_up(f"http://{host}:{ehr_port}/fhir/metadata", timeout=60, process=ehr)
@@ -97,6 +103,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     finally:
         _stop(app)
         _stop(ehr)
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    with running_demo(tmp_path_factory.mktemp("demo")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

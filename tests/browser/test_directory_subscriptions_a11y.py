@@ -5,24 +5,17 @@ and the add form refusing an address; axe-core finds 0 violations in each state.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from smartapp.ops.demo import (
-    demo_wiring,
     free_port,
-    gunicorn_command,
-    sandbox_command,
-    wait_until_up,
 )
 from tests.browser.a11y import assert_accessible
-from tests.browser.conftest import Demo, _stop
+from tests.browser.conftest import Demo, running_demo
 from tests.browser.test_clinic_flow import WAIT_MS, app_frame, frame_of, switch_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -34,27 +27,9 @@ SOCIAL_WORKER = "Practitioner/social-worker-1"
 def editors_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     """The demo wiring, with the social worker listed as a directory editor."""
     state = tmp_path_factory.mktemp("demo-editors")
-    host = "127.0.0.1"
-    ehr_port, app_port = free_port(host), free_port(host)
-    clients, env = demo_wiring(host, ehr_port, app_port, state)
-    env["PEERBRIDGE_DIRECTORY_EDITORS"] = json.dumps([SOCIAL_WORKER])
-    clients_file = Path(state) / "ehr-clients.json"
-    clients_file.write_text(json.dumps(clients), encoding="utf-8")
-    ehr = subprocess.Popen(
-        sandbox_command(
-            host=host, port=ehr_port, db=state / "ehr.sqlite3", clients=clients_file, reset=True
-        )
-    )
-    app = subprocess.Popen(
-        gunicorn_command(f"{host}:{app_port}", workers=1), env={**os.environ, **env}
-    )
-    try:
-        wait_until_up(f"http://{host}:{ehr_port}/fhir/metadata", timeout=60, process=ehr)
-        wait_until_up(f"http://{host}:{app_port}/healthz", timeout=60, process=app)
-        yield Demo(f"http://{host}:{ehr_port}", f"http://{host}:{app_port}")
-    finally:
-        _stop(app)
-        _stop(ehr)
+    editors = {"PEERBRIDGE_DIRECTORY_EDITORS": json.dumps([SOCIAL_WORKER])}
+    with running_demo(state, workers=1, env=editors) as running:
+        yield running
 
 
 def test_the_subscriptions_page_has_no_axe_violations(browser: Any, editors_demo: Demo) -> None:
